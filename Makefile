@@ -1,0 +1,38 @@
+# Two entry points (see README): `make book` builds the whole book on the ci profile, `make test` runs the tests.
+# Each creates the environment and the ci assets it needs on a fresh machine; both are safe to re-run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= ci
+HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(HASH)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+export HF_HUB_OFFLINE := 1
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: env system assets book test clean
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[book,test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Debian's Fashion-MNIST (real data that ships offline); only when missing
+system:
+	@if [ ! -f $(FASHION) ] && [ -z "$$CLIPADAPT_FASHION_MNIST" ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
+
+# the tiny CLIP pretrained on the micro-world (cached under $$CLIPADAPT_CACHE or ~/.cache/clipadapt)
+assets: env system
+	$(PY) data_scripts/build_ci_assets.py
+
+book: assets
+	$(PY) -m clipadapt.book build --profile $(PROFILE)
+
+test: assets
+	$(PY) -m pytest
+
+clean:
+	rm -rf _build results

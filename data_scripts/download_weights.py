@@ -1,0 +1,25 @@
+"""Pre-download open_clip weights on a machine with internet, to copy to an offline machine (paper profile).
+
+    python data_scripts/download_weights.py --model ViT-B-16 --pretrained openai --cache ~/.cache/clipadapt/open_clip
+"""
+from __future__ import annotations
+
+import argparse
+
+from clipadapt.models import load_clip
+from clipadapt.utils import cache_dir
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="open_clip architecture, e.g. ViT-B-16")
+    ap.add_argument("--pretrained", required=True, help="open_clip pretrained tag, e.g. openai")
+    ap.add_argument("--cache", default=str(cache_dir() / "open_clip"), help="folder to download into")
+    args = ap.parse_args()
+    loaded = load_clip(args.model, args.pretrained, cache=args.cache)
+    n = sum(p.numel() for p in loaded.model.parameters())
+    print(f"{args.model}/{args.pretrained}: {n / 1e6:.1f} M parameters cached in {args.cache}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Build the book: run every notebook with papermill on a profile, stage the sources, `jupyter-book build`.
+
+    python -m clipadapt.book build --profile ci      # what `make book` runs
+    python -m clipadapt.book run notebooks/00_backbone.ipynb --profile ci
+    python -m clipadapt.book check                    # English/Japanese parity of every page
+
+Notebooks execute into `_build/site/notebooks/` (the committed notebooks stay output-free); the book is then built
+from `_build/site/` with execution off and warnings as errors, into `_build/html/`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = ROOT / "_build" / "site"
+HTML = ROOT / "_build" / "html"
+STAGED = ("_config.yml", "_toc.yml", "book", "src")
+JA = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+def notebooks(root: Path = ROOT) -> list[Path]:
+    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_notebook(nb: Path, profile: str = "ci", out_dir: Path = SITE / "notebooks", timeout: int = 1800,
+                 **parameters) -> Path:
+    """Execute one notebook with papermill (parameters: profile + extras) into `out_dir`; returns the output path."""
+    import papermill as pm
+
+    from .profiles import get_profile
+    get_profile(profile)  # unknown profiles fail here, before a kernel starts
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / Path(nb).name
+    t0 = time.time()
+    pm.execute_notebook(str(nb), str(out), parameters={"profile": profile, **parameters}, kernel_name="python3",
+                        cwd=str(ROOT), execution_timeout=timeout, progress_bar=False, log_output=False)
+    print(f"ran {Path(nb).name} on {profile} in {time.time() - t0:.0f} s")
+    return out
+
+
+def stage(root: Path = ROOT, site: Path = SITE) -> None:
+    """Copy the book sources next to the executed notebooks (literalinclude paths stay valid)."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name in STAGED:
+        src, dst = root / name, site / name
+        if dst.exists() or dst.is_symlink():
+            shutil.rmtree(dst) if dst.is_dir() and not dst.is_symlink() else dst.unlink()
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dst)
+
+
+def build_html(site: Path = SITE) -> Path:
+    """jupyter-book build with execution off and warnings as errors; returns the html folder."""
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "--path-output", str(ROOT / "_build"),
+           "--warningiserror", "--keep-going", "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed:\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
+    return ROOT / "_build" / "_build" / "html"
+
+
+def build(profile: str = "ci", run: bool = True) -> Path:
+    errors = check_parity()
+    if errors:
+        raise RuntimeError("bilingual parity check failed:\n" + "\n".join(errors))
+    if run:
+        for nb in notebooks():
+            run_notebook(nb, profile)
+    stage()
+    html = build_html()
+    print(f"book built: {html / 'index.html'}")
+    return html
+
+
+# ---------------------------------------------------------------- bilingual parity
+
+def _markdown_sources(root: Path = ROOT) -> list[tuple[str, str]]:
+    out = [(str(p.relative_to(root)), p.read_text()) for p in sorted((root / "book").rglob("*.md"))]
+    for nb in notebooks(root):
+        cells = json.loads(nb.read_text())["cells"]
+        for i, c in enumerate(cells):
+            if c["cell_type"] == "markdown":
+                out.append((f"{nb.relative_to(root)} cell {i}", "".join(c["source"])))
+    return out
+
+
+def parity_errors(name: str, text: str) -> list[str]:
+    """Problems with the bilingual convention in one markdown source.
+
+    Convention: headings carry both languages ("Title / 題名"); all prose sits in a `tab-set` with
+    `:sync-group: lang` holding exactly one `:sync: en` and one `:sync: ja` item, both non-empty, the Japanese one in
+    Japanese. Directives outside tab-sets (figures, glue, code) are allowed, prose is not.
+    """
+    errs: list[str] = []
+    lines = text.splitlines()
+    i, depth_fence = 0, None
+    while i < len(lines):
+        line = lines[i]
+        s = line.strip()
+        if s.startswith("#") and re.match(r"^#{1,6} ", s):
+            if not (JA.search(s) and re.search(r"[A-Za-z]", s)):
+                errs.append(f"{name}: heading without both languages: {s!r}")
+        elif re.match(r"^:{3,}\{tab-set\}", s):
+            fence = re.match(r"^(:{3,})", s).group(1)
+            j = i + 1
+            while j < len(lines) and lines[j].strip() != fence:
+                j += 1
+            errs += _check_tabset(name, lines[i + 1:j])
+            i = j
+        elif re.match(r"^(:{3,}|`{3,})", s):  # another directive or code block: skip to its closing fence
+            fence = re.match(r"^(:{3,}|`{3,})", s).group(1)
+            j = i + 1
+            while j < len(lines) and lines[j].strip() != fence:
+                j += 1
+            i = j
+        elif s and not s.startswith(("<!--", "(", "+++", "---", "{glue", "!", "|")) and not re.match(r"^[a-z_]+:", s):
+            if depth_fence is None and (JA.search(s) or re.search(r"[A-Za-z]{3,}", s)):
+                errs.append(f"{name}: prose outside a language tab-set: {s[:60]!r}")
+        i += 1
+    return errs
+
+
+def _check_tabset(name: str, body: list[str]) -> list[str]:
+    if not any(re.match(r"^:sync-group:\s*lang\s*$", b.strip()) for b in body[:3]):
+        return [f"{name}: tab-set without ':sync-group: lang'"]
+    items: dict[str, list[str]] = {}
+    current = None
+    for b in body:
+        s = b.strip()
+        if re.match(r"^:{3,}\{tab-item\}", s):
+            current = "?"
+            continue
+        m = re.match(r"^:sync:\s*(\w+)", s)
+        if m and current == "?":
+            current = m.group(1)
+            items[current] = []
+            continue
+        if current and current != "?" and not re.match(r"^:{3,}$", s):
+            items[current].append(s)
+    errs = []
+    if sorted(items) != ["en", "ja"]:
+        errs.append(f"{name}: tab-set needs exactly one 'en' and one 'ja' item, found {sorted(items)}")
+    en, ja = " ".join(items.get("en", [])).strip(), " ".join(items.get("ja", [])).strip()
+    if "en" in items and not en:
+        errs.append(f"{name}: empty English tab")
+    if "ja" in items and not JA.search(ja):
+        errs.append(f"{name}: the Japanese tab has no Japanese text")
+    if en and len(JA.findall(en)) > 0.2 * len(en):
+        errs.append(f"{name}: the English tab is mostly Japanese")
+    return errs
+
+
+def check_parity(root: Path = ROOT) -> list[str]:
+    errs: list[str] = []
+    for name, text in _markdown_sources(root):
+        errs += parity_errors(name, text)
+    return errs
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m clipadapt.book", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="run all notebooks on a profile and build the HTML book")
+    b.add_argument("--profile", default="ci")
+    b.add_argument("--no-run", action="store_true", help="reuse the notebooks already executed in _build/site")
+    r = sub.add_parser("run", help="run one notebook with papermill")
+    r.add_argument("notebook")
+    r.add_argument("--profile", default="ci")
+    sub.add_parser("check", help="check that every page and section has English and Japanese")
+    a = ap.parse_args(argv)
+    if a.cmd == "build":
+        build(a.profile, run=not a.no_run)
+    elif a.cmd == "run":
+        run_notebook(Path(a.notebook), a.profile)
+    else:
+        errs = check_parity()
+        print("\n".join(errs) or "every page and section has English and Japanese")
+        sys.exit(1 if errs else 0)
+
+
+if __name__ == "__main__":
+    main()

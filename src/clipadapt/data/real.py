@@ -1,0 +1,59 @@
+"""Real image data that ships offline through package registries: Fashion-MNIST (Debian) and 8x8 digits (sklearn)."""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot")
+DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_INSTALL = "sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist"
+
+
+class DatasetMissingError(FileNotFoundError):
+    """A dataset is not on disk; the message says the command that puts it there."""
+
+
+def fashion_mnist_dir() -> Path:
+    """Where the Fashion-MNIST idx files are: $CLIPADAPT_FASHION_MNIST or the Debian package's folder."""
+    candidates = [os.environ["CLIPADAPT_FASHION_MNIST"]] if os.environ.get("CLIPADAPT_FASHION_MNIST") else []
+    for c in [*candidates, *FASHION_DIRS]:
+        p = Path(c)
+        if (p / "t10k-images-idx3-ubyte.gz").exists():
+            return p
+    raise DatasetMissingError(
+        "Fashion-MNIST is not installed. Install the Debian package with\n"
+        f"    {FASHION_INSTALL}\n"
+        "or point CLIPADAPT_FASHION_MNIST at a folder holding the four *-ubyte.gz files "
+        f"(looked in: {', '.join(map(str, [*candidates, *FASHION_DIRS]))}).")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images n x 28 x 28 x 3, int64 labels) of the `train` (60k) or `test` (10k) split."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = fashion_mnist_dir()
+    stem = "train" if split == "train" else "t10k"
+    x = _read_idx(root / f"{stem}-images-idx3-ubyte.gz")
+    y = _read_idx(root / f"{stem}-labels-idx1-ubyte.gz").astype(np.int64)
+    return np.repeat(x[..., None], 3, axis=-1), y
+
+
+def load_digits_rgb() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits as uint8 8x8x3 images (0-16 scaled to 0-255) and labels."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    return np.repeat(x[..., None], 3, axis=-1), d.target.astype(np.int64)

@@ -1,0 +1,81 @@
+"""Shared evaluation: image/text encoding in batches, zero-shot classifiers, accuracy and confusion matrices."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models.loader import preprocess_batch
+from .utils import progress
+
+
+@torch.no_grad()
+def encode_images(model, preprocess: Callable, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 256,
+                  normalize: bool = True, show_progress: bool = False, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Image embeddings of uint8 images, through the model's own preprocessing; L2-normalised by default."""
+    out = []
+    for i in progress(range(0, len(images), batch_size), desc="encode images", disable=not show_progress):
+        x = preprocess_batch(preprocess, images[i:i + batch_size]).to(device)
+        out.append(model.encode_image(x, normalize=normalize).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer: Callable, texts: Sequence[str], normalize: bool = True,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    return model.encode_text(tokenizer(list(texts)).to(device), normalize=normalize).float().cpu()
+
+
+@torch.no_grad()
+def zero_shot_weights(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",),
+                      device: str | torch.device = "cpu") -> torch.Tensor:
+    """Class weights (classes x dim): the normalised mean of each class's normalised template embeddings."""
+    w = []
+    for c in classnames:
+        e = encode_texts(model, tokenizer, [t.format(c) for t in templates], device=device).mean(0)
+        w.append(F.normalize(e, dim=-1))
+    return torch.stack(w)
+
+
+def zero_shot_predict(image_features: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    return (image_features @ class_weights.T).argmax(-1)
+
+
+def accuracy(pred, labels) -> float:
+    """Top-1 accuracy in percent."""
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    return float((pred == labels).mean() * 100.0) if len(labels) else float("nan")
+
+
+def confusion_matrix(pred, labels, n_classes: int, normalize: bool = True) -> np.ndarray:
+    """Rows: true class, columns: predicted class; row-normalised (recall per class) by default."""
+    cm = np.zeros((n_classes, n_classes), np.float64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(pred)), 1)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    return cm
+
+
+def zero_shot_accuracy(model, preprocess, tokenizer, dataset, template: str = "a photo of a {}.",
+                       device="cpu") -> tuple[float, np.ndarray]:
+    """(top-1 % , predictions) of zero-shot classification of a LabelledSet with one prompt template."""
+    w = zero_shot_weights(model, tokenizer, dataset.classes, (template,), device=device)
+    pred = zero_shot_predict(encode_images(model, preprocess, dataset.images, device=device), w).numpy()
+    return accuracy(pred, dataset.labels), pred
+
+
+def attribute_auc(image_features: torch.Tensor, text_features: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """ROC AUC per attribute of the image-text similarity as a detector of that attribute.
+
+    `text_features` (k x dim) holds one text per attribute, `targets` (n x k) says which images have it. 0.5 is
+    chance, 1.0 a perfect ranking; NaN where a column has only one class.
+    """
+    from sklearn.metrics import roc_auc_score
+    sims = (image_features @ text_features.T).numpy()
+    out = []
+    for j in range(targets.shape[1]):
+        t = np.asarray(targets[:, j]).astype(bool)
+        out.append(roc_auc_score(t, sims[:, j]) if 0 < t.sum() < len(t) else float("nan"))
+    return np.array(out)

@@ -1,0 +1,142 @@
+"""One function loads every CLIP the book uses, always through open_clip.
+
+- paper: `load_clip("ViT-B-16", "openai")`: open_clip's weights by tag, with the tag's own preprocessing and a
+  configurable cache dir. Offline (HF_HUB_OFFLINE=1) a tag that is not cached fails at once and says how to
+  pre-download it.
+- a local checkpoint: `load_clip("ViT-B-16", "/path/to/weights.pt")`, same function, same preprocessing code.
+- ci: `load_clip("clipadapt-tiny", "microworld-v1")`: open_clip's `CLIP` class with the small config in
+  `configs/clipadapt-tiny.json`, pretrained by `data_scripts/build_ci_assets.py` on the micro-world.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..utils import cache_dir
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+TINY_NAME = "clipadapt-tiny"
+TINY_TAG = "microworld-v1"
+PAPER_DEFAULT = ("ViT-B-16", "openai")
+_registered = False
+
+
+class ModelError(ValueError):
+    """An unknown model name or pretrained tag; the message lists what is known."""
+
+
+class OfflineWeightsError(RuntimeError):
+    """Weights that need the network were asked for on a machine that is offline."""
+
+
+@dataclass
+class LoadedCLIP:
+    model: torch.nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]   # the evaluation transform of this model/tag
+    tokenizer: Callable[..., torch.Tensor]
+    name: str
+    pretrained: str | None
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def known_models() -> list[str]:
+    import open_clip
+    _register()
+    return list(open_clip.list_models())
+
+
+def tiny_config() -> dict:
+    return json.loads((CONFIG_DIR / f"{TINY_NAME}.json").read_text())
+
+
+def tiny_checkpoint_path() -> Path:
+    """Where the tiny CLIP's weights live: the cache, keyed by the model config and the pretraining recipe."""
+    from ..data.microworld import DATA_VERSION
+    from .pretrain import PretrainConfig
+    key = json.dumps([tiny_config(), DATA_VERSION, PretrainConfig().__dict__], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "tiny-clip" / f"{TINY_NAME}-{TINY_TAG}-{digest}.pt"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def load_clip(name: str, pretrained: str | os.PathLike | None = None, *, cache: str | os.PathLike | None = None,
+              device: str | torch.device = "cpu") -> LoadedCLIP:
+    """Build open_clip model `name` with weights `pretrained`: a tag, a local file, or None (random init)."""
+    import open_clip
+    _register()
+    models = open_clip.list_models()
+    if name not in models:
+        close = difflib.get_close_matches(name, models, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}.{hint} Known models: {TINY_NAME} (ci) and open_clip's "
+                         f"{len(models) - 1} architectures (open_clip.list_models()).")
+    tag = None if pretrained is None else str(pretrained)
+    if name == TINY_NAME and tag == TINY_TAG:
+        path = tiny_checkpoint_path()
+        if not path.exists():
+            raise FileNotFoundError(f"the tiny CLIP ({TINY_NAME}/{TINY_TAG}) is not built yet at {path}. Build it "
+                                    "with:\n    python data_scripts/build_ci_assets.py\n(or call "
+                                    "clipadapt.models.pretrain.ensure_tiny_clip() in a notebook).")
+        tag = str(path)
+    if tag is not None and (Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in tag):
+        if not Path(tag).exists():
+            raise FileNotFoundError(f"checkpoint file {tag} does not exist")
+    elif tag is not None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tag not in tags:
+            raise ModelError(f"unknown pretrained tag {tag!r} for {name}; known tags: {', '.join(tags) or 'none'}, "
+                             "or give a path to a local checkpoint file.")
+    cache_path = str(cache) if cache is not None else str(cache_dir() / "open_clip")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, cache_dir=cache_path,
+                                                                     device=device)
+    except RuntimeError as e:
+        if tag is not None and not Path(tag).exists() and ("download" in str(e).lower() or _offline()):
+            raise OfflineWeightsError(
+                f"weights {name}/{tag} are not in the cache {cache_path} and could not be downloaded "
+                f"({'HF_HUB_OFFLINE=1 is set' if _offline() else 'no network'}). On a machine with internet run\n"
+                f"    python data_scripts/download_weights.py --model {name} --pretrained {tag} --cache {cache_path}\n"
+                "then copy that folder here (or pass cache=...)."
+            ) from e
+        raise
+    model.eval()
+    return LoadedCLIP(model, preprocess, open_clip.get_tokenizer(name), name, None if pretrained is None else str(pretrained))
+
+
+def load_backbone(profile: str, paper_model: tuple[str, str] = PAPER_DEFAULT, device: str | None = None) -> LoadedCLIP:
+    """The chapter backbone of a profile: the tiny CLIP on `ci`, `paper_model` (name, tag) on `paper`."""
+    from ..profiles import get_profile
+    prof = get_profile(profile)
+    dev = device or prof.device
+    if prof.name == "ci":
+        return load_clip(TINY_NAME, TINY_TAG, device=dev)
+    return load_clip(*paper_model, device=dev)
+
+
+def preprocess_batch(preprocess: Callable[[Image.Image], torch.Tensor], images: np.ndarray) -> torch.Tensor:
+    """Apply a model's own evaluation transform to a uint8 array batch (n x h x w x 3)."""
+    return torch.stack([preprocess(Image.fromarray(im)) for im in images])

@@ -1,0 +1,141 @@
+"""Pretraining of the project's tiny CLIP on the micro-world, with open_clip's contrastive loss (`ClipLoss`).
+
+Deterministic under a seed on a given machine; the weights and the training history are cached under
+`tiny_checkpoint_path()`, keyed by the model config, the data version and this recipe, so every notebook and test
+loads the same file. `python data_scripts/build_ci_assets.py` or `ensure_tiny_clip()` builds it (about 6 minutes on
+2 CPU cores).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..utils import progress, seed_everything
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    seed: int = 0
+    n_shapes: int = 48_000       # shape scenes
+    n_faces: int = 20_000        # AU-captioned faces
+    n_fashion: int = 34_000      # Fashion-MNIST train images (of 60,000)
+    epochs: int = 1
+    batch_size: int = 64         # small batches: more updates per second, which this budget is short of
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    eval_every: int = 200        # steps between zero-shot checks on small held-out sets
+    eval_size: int = 500
+
+
+def _lr(step: int, total: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | Path | None = None,
+                       show_progress: bool = True, model_name: str | None = None) -> dict:
+    """Train the tiny CLIP from scratch; return the history (and save weights + history when `out_path` is given)."""
+    import open_clip
+    from open_clip.loss import ClipLoss
+
+    from ..data import microworld
+    from ..eval import zero_shot_accuracy
+    from .loader import TINY_NAME, _register, preprocess_batch
+
+    _register()
+    seed_everything(cfg.seed)
+    name = model_name or TINY_NAME
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(name)
+    corpus = microworld.pretraining_corpus(cfg.seed, cfg.n_shapes, cfg.n_faces, cfg.n_fashion, progress=show_progress)
+    tokens = tokenizer(corpus.captions)
+    evals = [microworld.heldout_shapes(cfg.eval_size), microworld.fashion_test(cfg.eval_size) if cfg.n_fashion else None]
+    evals = [e for e in evals if e is not None]
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = ClipLoss()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = len(corpus) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    hist: dict = {"config": asdict(cfg), "step": [], "loss": [], "eval_step": [], "eval": {e.name: [] for e in evals}}
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        hist["eval_step"].append(step)
+        for e in evals:
+            hist["eval"][e.name].append(zero_shot_accuracy(model, preprocess, tokenizer, e)[0])
+        model.train()
+
+    t0 = time.time()
+    step = 0
+    evaluate(0)
+    model.train()
+    bar = progress(total=total, desc="pretrain tiny CLIP", disable=not show_progress)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(corpus), generator=gen).numpy()
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            images = preprocess_batch(preprocess, [corpus.images[i] for i in idx])
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, total, cfg)
+            # encode each distinct caption once (templated captions repeat within a batch): same loss, less compute
+            uniq, inverse = torch.unique(tokens[idx], dim=0, return_inverse=True)
+            img_f = model.encode_image(images, normalize=True)
+            txt_f = model.encode_text(uniq, normalize=True)[inverse]
+            loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            hist["step"].append(step)
+            hist["loss"].append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            if step % cfg.eval_every == 0 or step == total:
+                evaluate(step)
+    bar.close()
+    hist["train_seconds"] = round(time.time() - t0, 1)
+    hist["n_pairs"] = len(corpus)
+    hist["sources"] = {s: int(np.sum(np.array(corpus.source) == s)) for s in sorted(set(corpus.source))}
+    model.eval()
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(out_path)
+        history_path(out_path).write_text(json.dumps(hist))
+    hist["model"] = model
+    return hist
+
+
+def history_path(ckpt: Path) -> Path:
+    return Path(ckpt).with_suffix(".history.json")
+
+
+def ensure_tiny_clip(show_progress: bool = True) -> Path:
+    """Path of the cached tiny CLIP checkpoint, pretraining it first when it is missing."""
+    from .loader import tiny_checkpoint_path
+    path = tiny_checkpoint_path()
+    if not path.exists() or not history_path(path).exists():
+        pretrain_tiny_clip(PretrainConfig(), path, show_progress=show_progress)
+    return path
+
+
+def load_history() -> dict:
+    """The pretraining history (loss per step, zero-shot accuracy at checkpoints) of the cached tiny CLIP."""
+    return json.loads(history_path(ensure_tiny_clip(show_progress=False)).read_text())

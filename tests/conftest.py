@@ -1,0 +1,14 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The cached tiny CLIP (built by `make assets`; built here when missing)."""
+    from clipadapt.models import TINY_NAME, TINY_TAG, load_clip
+    from clipadapt.models.pretrain import ensure_tiny_clip
+    ensure_tiny_clip(show_progress=False)
+    return load_clip(TINY_NAME, TINY_TAG)

@@ -1,0 +1,86 @@
+"""The book: bilingual parity, notebook interface, every notebook run by papermill on ci, and the HTML build."""
+import json
+import re
+
+import nbformat
+import pytest
+
+from clipadapt import book
+from clipadapt.results import load_record
+
+GOOD = """# Title / 題名
+
+::::{tab-set}
+:sync-group: lang
+
+:::{tab-item} English
+:sync: en
+
+Some text.
+:::
+
+:::{tab-item} 日本語
+:sync: ja
+
+本文です。
+:::
+::::
+"""
+
+
+def test_every_page_and_section_has_both_languages():
+    assert book.check_parity() == []
+
+
+def test_parity_check_catches_one_language():
+    assert book.parity_errors("x", GOOD) == []
+    assert any("heading without both languages" in e for e in book.parity_errors("x", GOOD.replace(" / 題名", "")))
+    no_ja = GOOD.replace(":::{tab-item} 日本語\n:sync: ja\n\n本文です。\n:::\n", "")
+    assert any("exactly one 'en' and one 'ja'" in e for e in book.parity_errors("x", no_ja))
+    english_in_ja = GOOD.replace("本文です。", "Just English.")
+    assert any("no Japanese text" in e for e in book.parity_errors("x", english_in_ja))
+    assert any("prose outside" in e for e in book.parity_errors("x", GOOD + "\nA stray paragraph.\n"))
+
+
+def test_notebooks_take_profile_and_seed_as_papermill_parameters():
+    nbs = book.notebooks()
+    assert nbs, "no notebooks found"
+    for path in nbs:
+        nb = nbformat.read(path, as_version=4)
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, path
+        assert re.search(r'^profile = "ci"$', params[0].source, re.M), path
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path} has committed outputs"
+
+
+def test_unknown_profile_fails_before_running(tmp_path):
+    with pytest.raises(ValueError, match="unknown profile"):
+        book.run_notebook(book.notebooks()[0], profile="gpu", out_dir=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def built_book(tiny):
+    return book.build("ci")
+
+
+@pytest.mark.slow
+def test_book_builds_with_glued_numbers_from_the_run(built_book):
+    html = (built_book / "notebooks" / "00_backbone.html").read_text()
+    rec = load_record("00_backbone", "ci", book.ROOT / "results")
+    for key in ("zero_shot_fashion_top1", "zero_shot_shapes_top1"):
+        assert f"{rec['metrics'][key]:.1f}" in html, key
+    assert "マイクロワールド" in html and "micro-world" in html
+    assert html.count("<img") >= 6  # sample grids, curves, confusion matrices, AU chart
+    assert (built_book / "index.html").exists() and (built_book / "book" / "glossary.html").exists()
+
+
+@pytest.mark.slow
+def test_backbone_notebook_meets_targets_on_ci(built_book):
+    rec = load_record("00_backbone", "ci", book.ROOT / "results")
+    assert rec["metrics"]["zero_shot_fashion_top1"] >= 80
+    assert rec["metrics"]["zero_shot_shapes_top1"] >= 90
+    assert rec["profile"] == "ci" and rec["wall_time_s"] > 0
+    out = nbformat.read(book.SITE / "notebooks" / "00_backbone.ipynb", as_version=4)
+    errors = [o for c in out.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert json.loads((book.ROOT / "results" / "00_backbone.ci.json").read_text())["notebook"] == "00_backbone"

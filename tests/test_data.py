@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+
+from clipadapt.data import corruptions, faces, microworld, real, shapes
+
+
+def test_shapes_are_deterministic_and_shaped():
+    a, sa = shapes.make_shapes(20, seed=3)
+    b, sb = shapes.make_shapes(20, seed=3)
+    c, _ = shapes.make_shapes(20, seed=4)
+    assert a.shape == (20, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and sa == sb
+    assert not np.array_equal(a, c)
+
+
+def test_shape_captions_agree_with_attributes():
+    _, scenes = shapes.make_shapes(300, seed=0)
+    for s in scenes:
+        cap = s.caption
+        assert s.shape in cap  # every caption names the shape (singular or plural)
+        if s.count > 1:
+            assert shapes.COUNT_WORDS[s.count] in cap and shapes.plural(s.shape) in cap
+        for word in shapes.COLORS:
+            if word in cap.split():
+                assert word == s.color
+        if s.position and "on the" in cap:
+            assert cap.rstrip(".").endswith(s.position)
+    assert {s.shape for s in scenes} == set(shapes.SHAPES)
+
+
+def test_rendered_count_matches_caption():
+    # a shape drawn k times covers about k times the pixels of one small shape
+    rng = np.random.default_rng(0)
+    areas = {k: [] for k in (1, 2, 3)}
+    for _ in range(60):
+        for k in (1, 2, 3):
+            im, s = shapes.render_scene(rng, shape="square", count=k)
+            if s.size == "small":
+                bg = im[0, 0].astype(int)
+                areas[k].append((np.abs(im.astype(int) - bg).sum(-1) > 60).sum())
+    m = {k: np.mean(v) for k, v in areas.items()}
+    assert m[1] < m[2] < m[3]
+
+
+def test_faces_deterministic_and_captioned_by_active_aus():
+    x, aus, caps = faces.make_faces(40, seed=1)
+    x2, aus2, caps2 = faces.make_faces(40, seed=1)
+    assert x.shape == (40, faces.IMAGE_SIZE, faces.IMAGE_SIZE, 3) and aus.shape == (40, len(faces.AUS))
+    assert np.array_equal(x, x2) and caps == caps2
+    for v, cap in zip(aus, caps):
+        for au, inten in zip(faces.AUS, v):
+            name = faces.AU_NAMES[au].lower()
+            assert (name in cap) == (inten >= faces.ACTIVE), (cap, au, inten)
+        if (v < faces.ACTIVE).all():
+            assert "relaxed muscles" in cap
+
+
+def _region_change(au, rows):
+    idt = faces.Identity()
+    d = np.abs(faces.render_face({au: 1.0}, idt).astype(int) - faces.render_face({}, idt).astype(int)).sum(-1)
+    return d[rows].sum(), d.sum()
+
+
+def test_action_units_move_the_right_part_of_the_face():
+    n = faces.IMAGE_SIZE
+    upper, lower = slice(0, int(0.5 * n)), slice(int(0.62 * n), n)
+    for au in (1, 2, 4):      # brows: the change is in the upper face
+        up, total = _region_change(au, upper)
+        assert total > 0 and up / total > 0.8, au
+    for au in (12, 15, 26):   # mouth and jaw: the change is in the lower face
+        low, total = _region_change(au, lower)
+        assert total > 0 and low / total > 0.8, au
+
+
+def test_unknown_au_is_rejected():
+    with pytest.raises(ValueError, match="AU3 is not modelled"):
+        faces.render_face({3: 1.0})
+
+
+def test_fashion_mnist_loads():
+    x, y = real.load_fashion_mnist("test")
+    assert x.shape == (10000, 28, 28, 3) and x.dtype == np.uint8
+    assert set(np.unique(y)) == set(range(10))
+
+
+def test_missing_fashion_mnist_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(real, "FASHION_DIRS", (str(tmp_path / "nowhere"),))
+    monkeypatch.delenv("CLIPADAPT_FASHION_MNIST", raising=False)
+    with pytest.raises(real.DatasetMissingError, match="apt-get install -y dataset-fashion-mnist"):
+        real.load_fashion_mnist("train")
+
+
+def test_digits():
+    x, y = real.load_digits_rgb()
+    assert x.shape == (1797, 8, 8, 3) and x.max() == 255 and len(y) == 1797
+
+
+def test_corruption_names_follow_cifar10c():
+    assert corruptions.CORRUPTIONS == (
+        "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+        "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corruptions.corrupt(np.zeros((32, 32, 3), np.uint8), "rain", 3)
+    with pytest.raises(ValueError, match="severity"):
+        corruptions.corrupt(np.zeros((32, 32, 3), np.uint8), "fog", 6)
+
+
+@pytest.mark.parametrize("name", corruptions.CORRUPTIONS)
+def test_every_corruption_changes_images_deterministically(name):
+    x, _ = shapes.make_shapes(4, seed=2)
+    y5 = corruptions.corrupt_batch(x, name, 5, seed=1)
+    assert y5.shape == x.shape and y5.dtype == np.uint8
+    assert np.array_equal(y5, corruptions.corrupt_batch(x, name, 5, seed=1))
+    assert np.abs(y5.astype(int) - x).mean() > 0.5
+
+
+def test_cifar_severity_constants_take_effect():
+    # CIFAR-10-C Gaussian noise: std 0.04 (severity 1) .. 0.10 (severity 5), in [0,1] units; ImageNet-C's is 0.08-0.38
+    grey = np.full((64, 32, 32, 3), 128, np.uint8)
+    for sev, std in ((1, 0.04), (5, 0.10)):
+        y = corruptions.corrupt_batch(grey, "gaussian_noise", sev, seed=0) / 255.0
+        assert abs(y.std() - std) < 0.1 * std
+    # contrast severity 5 keeps 15% of the deviation from the mean
+    x, _ = shapes.make_shapes(8, seed=0)
+    y = corruptions.corrupt_batch(x, "contrast", 5)
+    ratio = (y / 255.0).std(axis=(1, 2)).mean() / (x / 255.0).std(axis=(1, 2)).mean()
+    assert abs(ratio - 0.15) < 0.03
+
+
+def test_heldout_sets_do_not_overlap_pretraining():
+    with pytest.raises(ValueError, match="pretraining seeds"):
+        microworld.pretraining_corpus(microworld.HELDOUT_SEED, 1, 1, 0, progress=False)
+    c = microworld.pretraining_corpus(0, 10, 10, 10, progress=False)
+    assert len(c) == 30 and c.source.count("fashion") == 10
+    held = microworld.heldout_shapes(10)
+    pre, _ = shapes.make_shapes(10, 0)
+    assert not np.array_equal(held.images, pre)
