@@ -135,3 +135,25 @@ def test_heldout_sets_do_not_overlap_pretraining():
     held = microworld.heldout_shapes(10)
     pre, _ = shapes.make_shapes(10, 0)
     assert not np.array_equal(held.images, pre)
+
+
+def test_cifar_c_loader_reads_the_release_layout(tmp_path):
+    from clipadapt.data import registry
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    per = 4  # 5 severity blocks of 4 fake images, as the release has 5 blocks of 10,000
+    x = np.stack([np.full((32, 32, 3), 10 * s + i, np.uint8) for s in range(5) for i in range(per)])
+    np.save(folder / "fog.npy", x)
+    np.save(folder / "labels.npy", np.tile(np.arange(per), 5).astype(np.uint8))
+    imgs, labels = registry.load_cifar_c("cifar10-c", "fog", 3, root=tmp_path)
+    assert imgs.shape == (per, 32, 32, 3) and (imgs[:, 0, 0, 0] == [20, 21, 22, 23]).all()
+    assert labels.tolist() == [0, 1, 2, 3]
+    assert registry.load_cifar_c("cifar10-c", "fog", 5, root=tmp_path, n=2)[0].shape[0] == 2
+    with pytest.raises(real.DatasetMissingError,
+                       match="python data_scripts/prepare_cifar_c.py --dataset cifar10-c --root"):
+        registry.load_cifar_c("cifar10-c", "snow", 5, root=tmp_path)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        registry.load_cifar_c("cifar10-c", "rain", 5, root=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        registry.load_cifar_c("cifar10.1", "fog", 5, root=tmp_path)
+    assert len(registry.CIFAR100_CLASSES) == 100

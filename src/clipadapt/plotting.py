@@ -21,7 +21,7 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     """Show uint8 images in a grid with optional (wrapped) titles; returns the figure."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * (1.25 if titles else 1.0)),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * (1.45 if titles else 1.0)),
                              squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")

@@ -1,0 +1,159 @@
+"""Test-time adaptation (TTA) over a small base class, after mariodoebler/test-time-adaptation's `TTAMethod`.
+
+A TTA method wraps a CLIP model and a class list. Each call on an unlabelled batch *predicts, then adapts*: it
+returns the logits of the forward pass before its update, as online TTA is scored. The hooks are
+`configure_model` (what is trainable), `collect_params`, `loss`, `step` and `reset`. Episodic methods reset before
+every batch; continual ones (the default here, as in BATCLIP) keep adapting until the caller calls `reset()`, e.g.
+at the start of each corruption.
+
+Also here: zero-shot CLIP (the no-adaptation reference) and Tent (Wang et al., ICLR 2021, "Tent: Fully Test-time
+Adaptation by Entropy Minimization"), in its CLIP form: entropy minimisation over the vision encoder's LayerNorms
+with fixed text features.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register
+
+
+@dataclass
+class TTAConfig:
+    template: str = "a photo of a {}."   # one prompt per class, as BATCLIP uses
+    optimizer: str = "adamw"             # "adamw" or "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    steps: int = 1                       # gradient steps per test batch
+    episodic: bool = False               # True: reset before every batch; False: continual until reset()
+    precision: str = "fp32"              # "fp32" or "bf16" (autocast of the forward pass)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy of the softmax predictions (nats)."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+
+
+def layer_norms(module: nn.Module) -> list[nn.LayerNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.LayerNorm)]
+
+
+class TTAMethod(nn.Module):
+    config_class = TTAConfig
+    adapt_text = False  # does the text encoder change (so text features are recomputed every batch)?
+
+    def __init__(self, model: nn.Module, tokenizer, classnames, cfg: TTAConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or self.config_class()
+        if self.cfg.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.cfg.precision!r}")
+        self.model = model
+        self.classnames = list(classnames)
+        self.register_buffer("tokens", tokenizer([self.cfg.template.format(c) for c in self.classnames]),
+                             persistent=False)
+        self.configure_model()
+        self.params = self.collect_params()
+        self.optimizer = self.make_optimizer() if self.params else None
+        self._fixed_text = None if self.adapt_text else self._text_features().detach()
+        self._model_state = copy.deepcopy(self.model.state_dict())
+        self._opt_state = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
+
+    # ---- hooks
+    def configure_model(self) -> None:
+        """Freeze everything; subclasses switch on what they adapt."""
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def collect_params(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(self.cfg.optimizer)
+        if opt is None:
+            raise ValueError(f"unknown optimizer {self.cfg.optimizer!r}: use 'adamw' or 'adam'")
+        return opt(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def loss(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- the shared loop
+    def _text_features(self) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(self.tokens), dim=-1)
+
+    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits and the features the losses need: unnormalised image embeddings and normalised text ones."""
+        amp = torch.autocast(images.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16" else nullcontext()
+        with amp:
+            img = self.model.encode_image(images)
+            txt = self._text_features() if self._fixed_text is None else self._fixed_text
+            img, txt = img.float(), txt.float()
+            logits = self.model.logit_scale.exp() * F.normalize(img, dim=-1) @ txt.T
+        return {"logits": logits, "image_pre": img, "text": txt}
+
+    def step(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.outputs(images)
+        if self.optimizer is not None:
+            loss = self.loss(out)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return out["logits"].detach()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Predict, then adapt: the logits returned are those of the first forward pass, before any update."""
+        if images.shape[0] < 2:
+            raise ValueError(f"{type(self).__name__} adapts on batches of unlabelled images and needs at least 2 per "
+                             "batch (its losses compare predictions within a batch); use batch_size >= 2")
+        if self.cfg.episodic:
+            self.reset()
+        ctx = torch.enable_grad() if self.optimizer is not None else torch.no_grad()
+        with ctx:
+            logits = self.step(images)
+            for _ in range(self.cfg.steps - 1):
+                self.step(images)
+        return logits
+
+    def reset(self) -> None:
+        """Restore the weights and the optimizer state of construction time, exactly."""
+        self.model.load_state_dict(self._model_state)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(self._opt_state)
+
+    def run_stream(self, images, labels, batch_size: int, preprocess, show_progress: bool = False) -> dict:
+        """Adapt online over one stream of uint8 images in order; accuracy (%) of the predict-then-adapt logits."""
+        from ..models.loader import preprocess_batch
+        from ..utils import progress
+        preds = []
+        device = next(self.model.parameters()).device
+        for i in progress(range(0, len(images), batch_size), desc=type(self).__name__, disable=not show_progress):
+            x = preprocess_batch(preprocess, images[i:i + batch_size]).to(device)
+            preds.append(self(x).argmax(1).cpu().numpy())
+        pred = np.concatenate(preds)
+        return {"accuracy": float((pred == np.asarray(labels)).mean() * 100), "pred": pred}
+
+
+@register("zero-shot")
+class ZeroShot(TTAMethod):
+    """CLIP as it is: no parameter changes; the reference every TTA method is compared with."""
+
+    def loss(self, out):  # never called: nothing is trainable
+        raise RuntimeError("zero-shot has no loss")
+
+
+@register("tent")
+class Tent(TTAMethod):
+    """Tent for CLIP: minimise prediction entropy over the LayerNorms of the vision encoder (text fixed)."""
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        for ln in layer_norms(self.model.visual):
+            ln.requires_grad_(True)
+
+    def loss(self, out):
+        return entropy(out["logits"])
