@@ -104,7 +104,7 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
             hist["step"].append(step)
             hist["loss"].append(float(loss.detach()))
             bar.update()
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}")
             if step % cfg.eval_every == 0 or step == total:
                 evaluate(step)
     bar.close()
