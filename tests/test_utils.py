@@ -38,3 +38,12 @@ def test_metrics():
     assert accuracy([1, 2, 3, 3], [1, 2, 3, 0]) == 75.0
     cm = confusion_matrix([0, 1, 1], [0, 1, 0], 2)
     assert cm.tolist() == [[0.5, 0.5], [0.0, 1.0]]
+
+
+def test_glue_passes_plain_python_numbers():
+    import numpy as np
+
+    from clipadapt.results import glue
+    v = glue("x", np.float64(1.5))
+    assert type(v) is float and v == 1.5
+    assert type(glue("y", torch.tensor(2.0))) is float

@@ -79,3 +79,17 @@ def attribute_auc(image_features: torch.Tensor, text_features: torch.Tensor, tar
         t = np.asarray(targets[:, j]).astype(bool)
         out.append(roc_auc_score(t, sims[:, j]) if 0 < t.sum() < len(t) else float("nan"))
     return np.array(out)
+
+
+@torch.no_grad()
+def class_alignment(model, tokenizer, preprocess, images, labels, classnames, template: str = "a photo of a {}.",
+                    device="cpu") -> np.ndarray:
+    """Per class: cosine between the mean image embedding of its images (true labels) and its text embedding."""
+    img = encode_images(model, preprocess, images, normalize=False, device=device)
+    txt = encode_texts(model, tokenizer, [template.format(c) for c in classnames], device=device)
+    labels = np.asarray(labels)
+    out = []
+    for k in range(len(classnames)):
+        sel = torch.from_numpy(labels == k)
+        out.append(float(F.cosine_similarity(img[sel].mean(0), txt[k], dim=0)) if sel.any() else float("nan"))
+    return np.array(out)

@@ -70,6 +70,8 @@ def load_record(notebook: str, profile: str, root: str | Path = "results") -> di
 
 def glue(name: str, value: Any, display: bool = False) -> Any:
     """myst-nb `glue` (the book pastes the value with {glue:text}`name`); a no-op outside a notebook kernel."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # NumPy/torch scalars as Python numbers, so {glue:text}`name:.1f` can format them
     try:
         from myst_nb import glue as _glue
     except ImportError:  # e.g. a plain Python run without the book extras

@@ -157,3 +157,34 @@ class Tent(TTAMethod):
 
     def loss(self, out):
         return entropy(out["logits"])
+
+
+def corruption_benchmark(load_backbone_fn, dataset, methods: dict[str, dict], corruptions, severities=(5,),
+                         batch_size: int = 50, seed: int = 0, show_progress: bool = True):
+    """Run each method online over each corruption stream, from a fresh backbone every stream (reset per shift).
+
+    `methods` maps a row label to `{"method": registry name, **config overrides}`. Returns a tidy DataFrame: label,
+    corruption, severity, accuracy (%), seconds (adaptation wall time of the stream), images.
+    """
+    import time
+
+    import pandas as pd
+
+    from ..data.corruptions import corrupt_batch
+    from ..utils import progress, seed_everything
+    from . import build_method
+
+    rows = []
+    jobs = [(c, s) for s in severities for c in corruptions]
+    for c, s in progress(jobs, desc="corruption streams", disable=not show_progress):
+        x = corrupt_batch(dataset.images, c, s, seed=seed)
+        for label, spec in methods.items():
+            seed_everything(seed)
+            bb = load_backbone_fn()
+            spec = dict(spec)
+            m = build_method(spec.pop("method"), bb.model, bb.tokenizer, dataset.classes, **spec)
+            t0 = time.perf_counter()
+            r = m.run_stream(x, dataset.labels, batch_size, bb.preprocess)
+            rows.append({"method": label, "corruption": c, "severity": s, "accuracy": r["accuracy"],
+                         "seconds": time.perf_counter() - t0, "images": len(x)})
+    return pd.DataFrame(rows)
