@@ -120,8 +120,12 @@ def test_batch_of_one_and_bad_config_are_refused(clip):
         build_method("tent", clip.model, clip.tokenizer, CLASSES, precision="fp16")
 
 
-def test_run_stream_reports_accuracy(clip):
-    m = build_method("zero-shot", clip.model, clip.tokenizer, CLASSES)
-    imgs = np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3), dtype=np.uint8)
-    r = m.run_stream(imgs, np.zeros(10, int), batch_size=4, preprocess=clip.preprocess)
-    assert r["pred"].shape == (10,) and 0 <= r["accuracy"] <= 100
+def test_zero_shot_stream_agrees_with_the_eval_module(tiny):
+    # the TTA loop's zero-shot and clipadapt.eval's zero-shot classifier are the same predictions
+    from clipadapt.data import microworld
+    from clipadapt.eval import zero_shot_accuracy
+    ds = microworld.heldout_shapes(60)
+    acc, pred = zero_shot_accuracy(tiny.model, tiny.preprocess, tiny.tokenizer, ds)
+    m = build_method("zero-shot", tiny.model, tiny.tokenizer, ds.classes)
+    r = m.run_stream(ds.images, ds.labels, batch_size=16, preprocess=tiny.preprocess)
+    assert (r["pred"] == pred).all() and r["accuracy"] == pytest.approx(acc)

@@ -167,12 +167,17 @@ def _jpeg_compression(x, c):
 _FUNCS = {name: globals()[f"_{name}"] for name in CORRUPTIONS}
 
 
-def corrupt(image: np.ndarray, name: str, severity: int) -> np.ndarray:
-    """One uint8 HxWx3 image corrupted by `name` at `severity` (uses NumPy's global RNG; `corrupt_batch` seeds it)."""
+def check(name: str, severity: int) -> None:
+    """Fail with the list of valid values on an unknown corruption name or a severity outside 1-5."""
     if name not in _FUNCS:
         raise ValueError(f"unknown corruption {name!r}; the 15 CIFAR-10-C corruptions are: {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of 1-5, got {severity!r}")
+
+
+def corrupt(image: np.ndarray, name: str, severity: int) -> np.ndarray:
+    """One uint8 HxWx3 image corrupted by `name` at `severity` (uses NumPy's global RNG; `corrupt_batch` seeds it)."""
+    check(name, severity)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 HxWx3 image, got {image.dtype} {image.shape}")
     y = _FUNCS[name](image / 255.0, CIFAR_C[name][severity - 1])

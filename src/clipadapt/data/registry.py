@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .corruptions import CORRUPTIONS, SEVERITIES
+from .corruptions import check
 from .real import DatasetMissingError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -62,10 +62,7 @@ def load_cifar_c(name: str, corruption: str, severity: int, root: str | Path | N
     images each in the release) and labels.npy the labels in the same order.
     """
     spec = get_spec(name)
-    if corruption not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; the 15 are: {', '.join(CORRUPTIONS)}")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of 1-5, got {severity!r}")
+    check(corruption, severity)
     root = Path(root) if root is not None else data_root()
     folder = root / spec.folder
     x_path, y_path = folder / f"{corruption}.npy", folder / "labels.npy"
