@@ -97,10 +97,15 @@ def test_every_notebook_ran_without_errors(built_book):
 def test_batclip_claims_on_ci(built_book):
     """The paper's qualitative claim on ci: bimodal TTA beats zero-shot clearly and is at least vision-only Tent.
 
-    Margin: 2 points over zero-shot on the mean of 15 severity-5 corruptions (measured: about +4 with seed 0)."""
+    Margins from the spread over three stream orders (seeds 0-2, measured when this test was set): BATCLIP minus
+    zero-shot +3.9 +/- 0.3 points, BATCLIP minus Tent +4.6 +/- 0.4. The test asks for +2 over zero-shot on every
+    seed (about 6 standard deviations below the mean gain) and no loss against Tent on any seed."""
     m = load_record("04_batclip", "ci", book.ROOT / "results")["metrics"]
     assert m["mean_acc_batclip"] >= m["mean_acc_zero_shot"] + 2.0, m
+    assert m["gain_vs_zero_shot_min_over_seeds"] >= 2.0, m
     assert m["mean_acc_batclip"] >= m["mean_acc_tent"], m
-    assert m["time_ratio_batclip_vs_zero_shot"] > 1.0  # adapting costs more than predicting
+    assert m["gain_vs_tent_min_over_seeds"] >= 0.0, m
     html = (built_book / "notebooks" / "04_batclip.html").read_text()
-    assert f"{m['mean_acc_batclip']:.1f}" in html and f"{m['mean_acc_zero_shot']:.1f}" in html
+    for key in ("mean_acc_batclip", "mean_acc_zero_shot", "mean_acc_tpt_subset"):
+        assert f"{m[key]:.1f}" in html, key
+    assert "not run" in html and "2412.02837" in html   # the published-numbers table, honest on ci

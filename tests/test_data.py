@@ -149,11 +149,61 @@ def test_cifar_c_loader_reads_the_release_layout(tmp_path):
     assert imgs.shape == (per, 32, 32, 3) and (imgs[:, 0, 0, 0] == [20, 21, 22, 23]).all()
     assert labels.tolist() == [0, 1, 2, 3]
     assert registry.load_cifar_c("cifar10-c", "fog", 5, root=tmp_path, n=2)[0].shape[0] == 2
+    # a seeded stream is a shuffle of the same severity block, images and labels kept together
+    a, la = registry.load_cifar_c("cifar10-c", "fog", 3, root=tmp_path, seed=1)
+    b, _ = registry.load_cifar_c("cifar10-c", "fog", 3, root=tmp_path, seed=1)
+    assert np.array_equal(a, b) and sorted(a[:, 0, 0, 0]) == [20, 21, 22, 23]
+    assert (a[:, 0, 0, 0] - 20 == la).all()
     with pytest.raises(real.DatasetMissingError,
-                       match="python data_scripts/prepare_cifar_c.py --dataset cifar10-c --root"):
+                       match="python data_scripts/prepare_corruptions.py --dataset cifar10-c --root"):
         registry.load_cifar_c("cifar10-c", "snow", 5, root=tmp_path)
     with pytest.raises(ValueError, match="unknown corruption"):
         registry.load_cifar_c("cifar10-c", "rain", 5, root=tmp_path)
     with pytest.raises(ValueError, match="unknown dataset"):
         registry.load_cifar_c("cifar10.1", "fog", 5, root=tmp_path)
     assert len(registry.CIFAR100_CLASSES) == 100
+
+
+def _fake_imagenet_c(root, corruption="fog", severity=5, per_class=2, n_classes=1000):
+    from PIL import Image
+    folder = root / "ImageNet-C" / corruption / str(severity)
+    for k in range(n_classes):
+        d = folder / f"n{k:08d}"
+        d.mkdir(parents=True)
+        for j in range(per_class if k < 3 else 0):  # only the first 3 classes get images: keeps the test small
+            Image.fromarray(np.full((224, 224, 3), 40 * k + j, np.uint8)).save(d / f"ILSVRC2012_val_{k}{j}.JPEG")
+    return folder
+
+
+def test_imagenet_c_loader_reads_the_release_layout(tmp_path):
+    from clipadapt.data import registry
+    _fake_imagenet_c(tmp_path)
+    imgs, labels = registry.load_imagenet_c("fog", 5, root=tmp_path)
+    assert len(imgs) == 6 and labels.tolist() == [0, 0, 1, 1, 2, 2]       # release order: sorted wnids
+    x = imgs[0:4]
+    assert len(x) == 4 and x[0].shape == (224, 224, 3) and x[0].dtype == np.uint8
+    assert abs(int(x[2].mean()) - 40) <= 2                                # JPEG of the first image of class 1
+    sub, sub_labels = registry.load_imagenet_c("fog", 5, root=tmp_path, n=3, seed=0)
+    assert len(sub) == 3 and set(sub_labels) <= {0, 1, 2}
+    with pytest.raises(real.DatasetMissingError, match="prepare_corruptions.py --dataset imagenet-c"):
+        registry.load_imagenet_c("snow", 5, root=tmp_path)
+    assert registry.DATASETS["imagenet-c"].classes[0] == "tench"         # index order of open_clip's class names
+
+
+def test_imagenet_c_with_missing_classes_is_refused(tmp_path):
+    from clipadapt.data import registry
+    _fake_imagenet_c(tmp_path, n_classes=10)
+    with pytest.raises(ValueError, match="has 10 class folders; ImageNet-C has 1000"):
+        registry.load_imagenet_c("fog", 5, root=tmp_path)
+
+
+def test_generated_streams_are_seeded_shuffles():
+    from clipadapt.data.streams import GeneratedC
+    src = GeneratedC(microworld.heldout_shapes(40))
+    x0, y0 = src.stream("gaussian_noise", 5, seed=0)
+    x1, y1 = src.stream("gaussian_noise", 5, seed=0)
+    x2, y2 = src.stream("gaussian_noise", 5, seed=1)
+    assert np.array_equal(x0, x1) and np.array_equal(y0, y1)
+    assert not np.array_equal(y0, y2) and sorted(y0) == sorted(y2)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        src.stream("rain", 5)

@@ -129,3 +129,98 @@ def test_zero_shot_stream_agrees_with_the_eval_module(tiny):
     m = build_method("zero-shot", tiny.model, tiny.tokenizer, ds.classes)
     r = m.run_stream(ds.images, ds.labels, batch_size=16, preprocess=tiny.preprocess)
     assert (r["pred"] == pred).all() and r["accuracy"] == pytest.approx(acc)
+
+
+# ---- TPT (the per-image prompt-tuning baseline)
+
+def test_prompt_context_starts_as_the_plain_prompt_and_counts_n_ctx_times_width(tiny):
+    from clipadapt.models.prompts import PromptContext
+    clip = tiny
+    pc = PromptContext(clip.model, clip.tokenizer, "a photo of a {}.")
+    assert pc.n_ctx == 4 and pc.ctx.shape == (4, tiny_config()["text_cfg"]["width"])
+    tokens = clip.tokenizer([f"a photo of a {c}." for c in CLASSES])
+    plain = clip.model.encode_text(tokens)
+    with pc.applied(clip.model):
+        prompted = clip.model.encode_text(tokens)
+        with torch.no_grad():
+            pc.ctx.add_(torch.randn(pc.ctx.shape, generator=torch.Generator().manual_seed(0)))  # not a constant: LayerNorm removes that
+        moved = clip.model.encode_text(tokens)
+    assert torch.allclose(plain, prompted, atol=1e-6) and not torch.allclose(plain, moved, atol=1e-3)
+    assert torch.equal(clip.model.encode_text(tokens), plain)   # the hook is gone after the block
+    with pytest.raises(ValueError, match="no words before the class name"):
+        PromptContext(clip.model, clip.tokenizer, "{}.")
+
+
+def test_tpt_tunes_only_the_prompt_and_resets_per_image(clip):
+    m = build_method("tpt", clip.model, clip.tokenizer, CLASSES, n_views=8)
+    assert count_parameters(m.model).trainable == 0 and [p.shape for p in m.params] == [m.prompt.ctx.shape]
+    before = {n: p.detach().clone() for n, p in m.model.named_parameters()}
+    ctx0 = m.prompt.ctx.detach().clone()
+    x = _batch(3)
+    torch.manual_seed(0)
+    a = m(x)
+    assert a.shape == (3, len(CLASSES))
+    assert all(torch.equal(p, before[n]) for n, p in m.model.named_parameters())
+    assert torch.equal(m.prompt.ctx, ctx0)                    # episodic: reset after every image
+    torch.manual_seed(0)
+    assert torch.equal(m(x), a)                                 # same views, same result: nothing carried over
+    torch.manual_seed(0)
+    assert torch.equal(m(x[:1]), a[:1])                         # a batch of one is fine for a per-image method
+    zs = build_method("zero-shot", clip.model, clip.tokenizer, CLASSES)(x)
+    assert not torch.allclose(a, zs, atol=1e-4)                 # the tuned prompt changed the prediction
+
+
+def test_tpt_step_lowers_the_marginal_entropy_of_the_confident_views(clip):
+    from clipadapt.methods.tpt import confident_views, marginal_entropy
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    assert confident_views(logits, 0.5).tolist() == [0, 2]     # the two most peaked rows
+    p = logits[[0, 2]].softmax(1).mean(0)
+    assert marginal_entropy(logits[[0, 2]]).item() == pytest.approx(float(-(p * p.log()).sum()))
+    m = build_method("tpt", clip.model, clip.tokenizer, CLASSES, n_views=16, lr=0.05)
+    feats = F.normalize(clip.model.encode_image(m.views(_batch(1)[0])), dim=-1).detach()
+    scale = clip.model.logit_scale.exp()
+    loss = lambda: m.loss({"logits": scale * feats @ m._text_features().T})
+    l0 = loss()
+    m.optimizer.zero_grad()
+    l0.backward()
+    m.optimizer.step()
+    assert loss().item() < l0.item()
+
+
+def test_tpt_refuses_continual_mode(clip):
+    with pytest.raises(ValueError, match="episodic must be True"):
+        build_method("tpt", clip.model, clip.tokenizer, CLASSES, episodic=False)
+
+
+# ---- the chapter's set-ups and the benchmark loop on both profiles' sources
+
+def test_bench_setup_follows_the_official_configs_and_refuses_unknown_datasets(tmp_path):
+    from clipadapt.methods.batclip import bench_setup
+    s = bench_setup("paper", "cifar100-c", data_root=tmp_path)
+    assert (s.batch_size, s.optim) == (200, {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.01})
+    assert bench_setup("paper", "imagenet-c", n_images=5000).source.name == "ImageNet-C (5,000-image subset)"
+    with pytest.raises(ValueError, match="not part of the ci profile of this chapter; choose from shapes"):
+        bench_setup("ci", "cifar10-c")
+    with pytest.raises(ValueError, match="unknown profile"):
+        bench_setup("gpu", "cifar10-c")
+
+
+def test_benchmark_runs_on_fake_cifar10c_in_the_release_layout(tmp_path, clip):
+    # the paper profile's data path, on 8 fake images per severity in the real on-disk layout
+    from clipadapt.data.real import DatasetMissingError
+    from clipadapt.methods.batclip import bench_setup
+    from clipadapt.methods.tta import corruption_benchmark
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for c in ("fog", "snow"):
+        np.save(folder / f"{c}.npy", rng.integers(0, 255, (5 * 8, 32, 32, 3), dtype=np.uint8))
+    np.save(folder / "labels.npy", np.tile(np.arange(8) % 10, 5).astype(np.uint8))
+    s = bench_setup("paper", "cifar10-c", data_root=tmp_path)
+    methods = {"zero-shot": {"method": "zero-shot"}, "BATCLIP": {"method": "batclip", **s.optim},
+               "TPT": {"method": "tpt", "n": 2, "n_views": 4}}
+    df = corruption_benchmark(lambda: clip, s.source, methods, ["fog", "snow"], (5,), batch_size=4, seed=0,
+                              show_progress=False)
+    assert len(df) == 6 and set(df.images) == {8, 2} and df.accuracy.between(0, 100).all()
+    with pytest.raises(DatasetMissingError, match="prepare_corruptions.py --dataset cifar10-c"):
+        corruption_benchmark(lambda: clip, s.source, methods, ["frost"], (5,), show_progress=False)

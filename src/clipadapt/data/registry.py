@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from .corruptions import check
 from .real import DatasetMissingError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR100_CLASSES = tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+CIFAR100_CLASSES = tuple(w.replace("_", " ") for w in """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
 butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
 dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster
 man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree
@@ -31,16 +32,20 @@ class DatasetSpec:
     classes: tuple[str, ...]
     source: str            # where the files come from
     licence: str
+    per_severity: int      # images per corruption and severity in the release
 
     def prepare_command(self, root: Path) -> str:
-        return f"python data_scripts/prepare_cifar_c.py --dataset {self.name} --root {root}"
+        return f"python data_scripts/prepare_corruptions.py --dataset {self.name} --root {root}"
 
 
 DATASETS = {
     "cifar10-c": DatasetSpec("cifar10-c", "CIFAR-10-C", CIFAR10_CLASSES,
-                             "Hendrycks & Dietterich (ICLR 2019), Zenodo record 2535967", "CC BY 4.0"),
+                             "Hendrycks & Dietterich (ICLR 2019), Zenodo record 2535967", "CC BY 4.0", 10_000),
     "cifar100-c": DatasetSpec("cifar100-c", "CIFAR-100-C", CIFAR100_CLASSES,
-                              "Hendrycks & Dietterich (ICLR 2019), Zenodo record 3555552", "CC BY 4.0"),
+                              "Hendrycks & Dietterich (ICLR 2019), Zenodo record 3555552", "CC BY 4.0", 10_000),
+    "imagenet-c": DatasetSpec("imagenet-c", "ImageNet-C", tuple(IMAGENET_CLASSNAMES),
+                              "Hendrycks & Dietterich (ICLR 2019), Zenodo record 2235448",
+                              "CC BY 4.0 (images under the ImageNet terms of access)", 50_000),
 }
 
 
@@ -54,26 +59,86 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def _order(n_total: int, n: int | None, seed: int | None) -> np.ndarray:
+    """Positions of a stream: the release order (seed None) or a seeded shuffle; the first `n` of it."""
+    idx = np.arange(n_total) if seed is None else np.random.default_rng(seed).permutation(n_total)
+    return idx if n is None else idx[:n]
+
+
+def _missing(spec: DatasetSpec, root: Path, what: str) -> DatasetMissingError:
+    return DatasetMissingError(f"{spec.folder} is not at {root / spec.folder} (missing {what}). Prepare it with\n"
+                               f"    {spec.prepare_command(root)}")
+
+
 def load_cifar_c(name: str, corruption: str, severity: int, root: str | Path | None = None,
-                 n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 n: int | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images n x 32 x 32 x 3, labels) of one corruption and severity from the published .npy release.
 
     Layout: <root>/<CIFAR-10-C|CIFAR-100-C>/<corruption>.npy holds severities 1-5 in five equal blocks (10,000 test
-    images each in the release) and labels.npy the labels in the same order.
+    images each in the release) and labels.npy the labels in the same order. `seed` shuffles the stream (None keeps
+    the release order); `n` keeps its first n images.
     """
     spec = get_spec(name)
     check(corruption, severity)
     root = Path(root) if root is not None else data_root()
     folder = root / spec.folder
     x_path, y_path = folder / f"{corruption}.npy", folder / "labels.npy"
-    if not (x_path.exists() and y_path.exists()):
-        raise DatasetMissingError(f"{spec.folder} is not at {folder} (missing {x_path.name if not x_path.exists() else y_path.name}). "
-                                  f"Prepare it with\n    {spec.prepare_command(root)}")
+    for p in (x_path, y_path):
+        if not p.exists():
+            raise _missing(spec, root, p.name)
     x = np.load(x_path, mmap_mode="r")
     y = np.load(y_path)
     if len(x) % 5 or len(x) != len(y):
         raise ValueError(f"{x_path} has {len(x)} images and {y_path.name} {len(y)} labels; expected 5 equal severity "
                          "blocks with one label each")
     per = len(x) // 5
-    sl = slice((severity - 1) * per, (severity - 1) * per + (per if n is None else min(n, per)))
-    return np.ascontiguousarray(x[sl]), y[sl].astype(np.int64)
+    idx = _order(per, n, seed) + (severity - 1) * per
+    return np.ascontiguousarray(x[idx]), y[idx].astype(np.int64)
+
+
+class ImageFiles:
+    """A lazy, sliceable sequence of image files read as uint8 RGB arrays (what `preprocess_batch` takes)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        if isinstance(i, slice):
+            return [np.asarray(Image.open(p).convert("RGB")) for p in self.paths[i]]
+        return np.asarray(Image.open(self.paths[i]).convert("RGB"))
+
+
+def load_imagenet_c(corruption: str, severity: int, root: str | Path | None = None, n: int | None = None,
+                    seed: int | None = None) -> tuple[ImageFiles, np.ndarray]:
+    """(lazy images, labels) of one ImageNet-C corruption and severity, from the release's folder layout.
+
+    Layout: <root>/ImageNet-C/<corruption>/<severity>/<wnid>/<file>.JPEG, 1,000 wnid folders whose sorted order is
+    the ImageNet class index (the order of open_clip's IMAGENET_CLASSNAMES). `n` keeps the first n of the (seeded)
+    stream, e.g. n=5000 for the 5,000-image subset; None keeps all 50,000.
+    """
+    spec = get_spec("imagenet-c")
+    check(corruption, severity)
+    root = Path(root) if root is not None else data_root()
+    folder = root / spec.folder / corruption / str(severity)
+    if not folder.is_dir():
+        raise _missing(spec, root, f"{corruption}/{severity}")
+    wnids = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if len(wnids) != len(spec.classes):
+        raise ValueError(f"{folder} has {len(wnids)} class folders; ImageNet-C has {len(spec.classes)} (one per "
+                         "ImageNet wnid). Is the extraction complete?")
+    files = [(p, k) for k, w in enumerate(wnids) for p in sorted((folder / w).iterdir()) if p.is_file()]
+    idx = _order(len(files), n, seed)
+    return ImageFiles([files[i][0] for i in idx]), np.array([files[i][1] for i in idx], dtype=np.int64)
+
+
+def load_corrupted(name: str, corruption: str, severity: int, root: str | Path | None = None, n: int | None = None,
+                   seed: int | None = None):
+    """One corruption stream of a released benchmark: CIFAR-10-C, CIFAR-100-C or ImageNet-C."""
+    get_spec(name)
+    if name == "imagenet-c":
+        return load_imagenet_c(corruption, severity, root, n, seed)
+    return load_cifar_c(name, corruption, severity, root, n, seed)

@@ -34,7 +34,7 @@ def build_method(name: str, model, tokenizer, classnames, cfg=None, **overrides)
 
 
 def _load() -> None:
-    from . import batclip, tta  # noqa: F401  (modules register their methods on import)
+    from . import batclip, tpt, tta  # noqa: F401  (modules register their methods on import)
 
 
 __all__ = ["build_method", "known_methods", "register"]

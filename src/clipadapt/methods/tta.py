@@ -54,6 +54,7 @@ class TTAMethod(nn.Module):
         if self.cfg.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.cfg.precision!r}")
         self.model = model
+        self.tokenizer = tokenizer
         self.classnames = list(classnames)
         self.register_buffer("tokens", tokenizer([self.cfg.template.format(c) for c in self.classnames]),
                              persistent=False)
@@ -61,7 +62,7 @@ class TTAMethod(nn.Module):
         self.params = self.collect_params()
         self.optimizer = self.make_optimizer() if self.params else None
         self._fixed_text = None if self.adapt_text else self._text_features().detach()
-        self._model_state = copy.deepcopy(self.model.state_dict())
+        self._param_state = [p.detach().clone() for p in self.params]  # only these change (the rest is frozen)
         self._opt_state = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
 
     # ---- hooks
@@ -83,13 +84,16 @@ class TTAMethod(nn.Module):
         raise NotImplementedError
 
     # ---- the shared loop
+    def autocast(self, device: torch.device):
+        """bf16 autocast of the forward pass when `precision == "bf16"`, else nothing."""
+        return torch.autocast(device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16" else nullcontext()
+
     def _text_features(self) -> torch.Tensor:
         return F.normalize(self.model.encode_text(self.tokens), dim=-1)
 
     def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits and the features the losses need: unnormalised image embeddings and normalised text ones."""
-        amp = torch.autocast(images.device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16" else nullcontext()
-        with amp:
+        with self.autocast(images.device):
             img = self.model.encode_image(images)
             txt = self._text_features() if self._fixed_text is None else self._fixed_text
             img, txt = img.float(), txt.float()
@@ -120,8 +124,10 @@ class TTAMethod(nn.Module):
         return logits
 
     def reset(self) -> None:
-        """Restore the weights and the optimizer state of construction time, exactly."""
-        self.model.load_state_dict(self._model_state)
+        """Restore the trainable weights and the optimizer state of construction time, exactly."""
+        with torch.no_grad():
+            for p, saved in zip(self.params, self._param_state):
+                p.copy_(saved)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(self._opt_state)
 
@@ -159,32 +165,33 @@ class Tent(TTAMethod):
         return entropy(out["logits"])
 
 
-def corruption_benchmark(load_backbone_fn, dataset, methods: dict[str, dict], corruptions, severities=(5,),
+def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], corruptions, severities=(5,),
                          batch_size: int = 50, seed: int = 0, show_progress: bool = True):
-    """Run each method online over each corruption stream, from a fresh backbone every stream (reset per shift).
+    """Run each method online over each corruption stream of `source`, from a fresh backbone every stream.
 
-    `methods` maps a row label to `{"method": registry name, **config overrides}`. Returns a tidy DataFrame: label,
-    corruption, severity, accuracy (%), seconds (adaptation wall time of the stream), images.
+    `source` is a `clipadapt.data.streams` source. `methods` maps a row label to `{"method": registry name,
+    "n": first n images only (optional, e.g. for slow TPT), **config overrides}`. Returns a tidy DataFrame: method,
+    corruption, severity, seed, accuracy (%), seconds (wall time of the stream), images.
     """
     import time
 
     import pandas as pd
 
-    from ..data.corruptions import corrupt_batch
     from ..utils import progress, seed_everything
     from . import build_method
 
     rows = []
     jobs = [(c, s) for s in severities for c in corruptions]
-    for c, s in progress(jobs, desc="corruption streams", disable=not show_progress):
-        x = corrupt_batch(dataset.images, c, s, seed=seed)
+    for c, s in progress(jobs, desc=f"{source.name} streams", disable=not show_progress):
+        x, y = source.stream(c, s, seed)
         for label, spec in methods.items():
+            spec = dict(spec)
+            n = spec.pop("n", None) or len(y)
             seed_everything(seed)
             bb = load_backbone_fn()
-            spec = dict(spec)
-            m = build_method(spec.pop("method"), bb.model, bb.tokenizer, dataset.classes, **spec)
+            m = build_method(spec.pop("method"), bb.model, bb.tokenizer, source.classes, **spec)
             t0 = time.perf_counter()
-            r = m.run_stream(x, dataset.labels, batch_size, bb.preprocess)
-            rows.append({"method": label, "corruption": c, "severity": s, "accuracy": r["accuracy"],
-                         "seconds": time.perf_counter() - t0, "images": len(x)})
+            r = m.run_stream(x[:n], y[:n], batch_size, bb.preprocess)
+            rows.append({"method": label, "corruption": c, "severity": s, "seed": seed, "accuracy": r["accuracy"],
+                         "seconds": time.perf_counter() - t0, "images": n})
     return pd.DataFrame(rows)

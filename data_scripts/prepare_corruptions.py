@@ -1,0 +1,75 @@
+"""Download and unpack a corruption benchmark (Hendrycks & Dietterich, ICLR 2019) for the `paper` profile.
+
+    python data_scripts/prepare_corruptions.py --dataset cifar10-c --root ~/.cache/clipadapt/data
+    python data_scripts/prepare_corruptions.py --dataset cifar100-c
+    python data_scripts/prepare_corruptions.py --dataset imagenet-c
+
+CIFAR-10-C and CIFAR-100-C: one .tar each from Zenodo (records 2535967 and 3555552, about 2.9 GB each), unpacked into
+<root>/CIFAR-10-C or <root>/CIFAR-100-C, the layout `clipadapt.data.registry.load_cifar_c` reads.
+ImageNet-C: the four corruption-family tars of Zenodo record 2235448 (noise, blur, weather, digital; tens of GB),
+unpacked into <root>/ImageNet-C/<corruption>/<severity>/<wnid>/. If you already have ImageNet-C, skip this and pass
+its parent folder as the notebook's `data_root` (or set CLIPADAPT_DATA). Re-running skips what is already there.
+"""
+from __future__ import annotations
+
+import argparse
+import tarfile
+import urllib.request
+from pathlib import Path
+
+from clipadapt.data.corruptions import CORRUPTIONS
+from clipadapt.data.registry import DATASETS, data_root
+from clipadapt.utils import progress
+
+ZENODO = {
+    "cifar10-c": ("https://zenodo.org/records/2535967/files", ["CIFAR-10-C.tar"]),
+    "cifar100-c": ("https://zenodo.org/records/3555552/files", ["CIFAR-100-C.tar"]),
+    "imagenet-c": ("https://zenodo.org/records/2235448/files", ["noise.tar", "blur.tar", "weather.tar", "digital.tar"]),
+}
+
+
+def download(url: str, dest: Path) -> None:
+    tmp = dest.with_suffix(".part")
+    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        total = int(r.headers.get("Content-Length", 0)) or None
+        with progress(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    tmp.replace(dest)
+
+
+def is_ready(name: str, folder: Path) -> bool:
+    if name == "imagenet-c":
+        return all((folder / c / "5").is_dir() for c in CORRUPTIONS)
+    return (folder / "labels.npy").exists() and all((folder / f"{c}.npy").exists() for c in CORRUPTIONS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, choices=sorted(ZENODO))
+    ap.add_argument("--root", default=str(data_root()))
+    a = ap.parse_args()
+    spec, root = DATASETS[a.dataset], Path(a.root).expanduser()
+    folder = root / spec.folder
+    if is_ready(a.dataset, folder):
+        print(f"{spec.folder}: already at {folder}")
+        return
+    base, tars = ZENODO[a.dataset]
+    # CIFAR tars hold the folder itself; the ImageNet-C tars hold the corruption folders
+    dest = root if a.dataset != "imagenet-c" else folder
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in tars:
+        tar = root / name
+        if not tar.exists():
+            download(f"{base}/{name}", tar)
+        with tarfile.open(tar) as t:
+            t.extractall(dest, filter="data")
+    if not is_ready(a.dataset, folder):
+        raise SystemExit(f"{spec.folder}: unpacked, but {folder} does not have the expected layout (all 15 "
+                         "corruptions); check the tar contents and move the folders there")
+    print(f"{spec.folder}: unpacked to {folder}")
+
+
+if __name__ == "__main__":
+    main()
