@@ -120,7 +120,7 @@ def bench_setup(profile: str, dataset: str, n_images: int | None = None, data_ro
         n = n_images or 1000
         base = (microworld.heldout_shapes(n, seed=microworld.HELDOUT_SEED + 40 + seed) if dataset == "shapes"
                 else microworld.fashion_test(n))
-        return BenchSetup(dataset, GeneratedC(base), batch_size, cfg, "fp32", tpt_images=min(100, n))
+        return BenchSetup(dataset, GeneratedC(base), batch_size, cfg, "fp32", tpt_images=min(50, n))
     # paper: the official code runs the forward pass under fp16 autocast with a GradScaler; bf16 needs no scaler
     return BenchSetup(dataset, ReleasedC(dataset, data_root, n_images), batch_size, cfg, "bf16",
                       tpt_images=min(1000, n_images or 10**9))

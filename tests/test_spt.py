@@ -1,0 +1,221 @@
+"""SPT: sensitivity, budget allocation (alpha, beta), the trainable set, and the fine-tuning backbone and suite."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from clipadapt.methods import spt
+
+DIM, DEPTH = 32, 2
+
+
+def _vit(seed=0, num_classes=3):
+    torch.manual_seed(seed)
+    return VisionTransformer(img_size=16, patch_size=8, embed_dim=DIM, depth=DEPTH, num_heads=2, num_classes=num_classes)
+
+
+def _data(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _top_counts(scores, tau):
+    names = list(scores)
+    flat = torch.cat([scores[n].flatten() for n in names])
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[torch.from_numpy(np.argsort(-flat.numpy(), kind="stable")[:tau].copy())] = True
+    out, i = {}, 0
+    for n in names:
+        out[n] = int(mask[i:i + scores[n].numel()].sum())
+        i += scores[n].numel()
+    return out
+
+
+def test_sensitivity_is_the_sum_of_squared_gradients_and_leaves_the_model_alone():
+    model = _vit()
+    x, y = _data()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.eval()
+    s = spt.sensitivity(model, x, y, batch_size=8, n_batches=2)
+    assert set(s) == set(spt.ranked_parameters(model))
+    assert not any(k in n for n in s for k in ("head", "cls_token", "patch_embed", "pos_embed"))
+    ref = {n: torch.zeros_like(p) for n, p in spt.ranked_parameters(model).items()}
+    model.train()
+    for b in range(2):   # by hand: per-batch gradients, squared, summed
+        grads = torch.autograd.grad(F.cross_entropy(model(x[8 * b:8 * b + 8]), y[8 * b:8 * b + 8]),
+                                    list(spt.ranked_parameters(model).values()))
+        for (n, _), g in zip(spt.ranked_parameters(model).items(), grads):
+            ref[n] += g ** 2
+    assert all(torch.allclose(s[n], ref[n], rtol=1e-5, atol=1e-12) for n in s)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("kind", ["lora", "adapter"])
+@pytest.mark.parametrize("budget", [1_500, 3_000, 4_500])
+def test_allocation_meets_the_budget_and_follows_alpha_and_beta(kind, budget):
+    model = _vit()
+    scores = spt.sensitivity(model, *_data())
+    a = spt.allocate(model, scores, budget, kind=kind, rank=4)
+    costs = [spt.structured_cost(m, kind, 4) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # SPT picks the tau whose total is closest: off by at most half of one structured module
+    assert abs(a.params - budget) <= max(costs) / 2 + 1, (a.params, budget)
+    c = _top_counts(scores, a.tau)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for name, count in c.items():
+        module = name.rsplit(".", 1)[0]
+        if scores[name].dim() == 1:      # beta: a vector is tuned fully iff >= 1/5 of it is sensitive
+            assert (name in a.vectors) == (count >= scores[name].numel() / 5), name
+        elif module in linears:          # alpha: structured iff >= cost/10 sensitive entries
+            structured = count > 0 and count >= spt.structured_cost(linears[module], kind, 4) / 10
+            assert (module in a.structured) == structured, name
+            assert (name in a.sparse) == (not structured and count > 0), name
+            if name in a.sparse:
+                assert len(a.sparse[name]) == count
+    counted = (sum(a.cost[m] for m in a.structured) + a.sparse_params + model.cls_token.numel()
+               + sum(scores[v].numel() for v in a.vectors))
+    assert a.params == counted
+
+
+def test_alpha_extremes_give_unstructured_only_and_structured_only():
+    model = _vit()
+    scores = spt.sensitivity(model, *_data())
+    un = spt.allocate(model, scores, 2_500, alpha=0)
+    assert un.structured == [] and abs(un.params - 2_500) <= 1
+    st = spt.allocate(model, scores, 2_500, alpha=float("inf"))
+    assert st.sparse == {} and st.structured
+
+
+def test_only_the_allocated_entries_and_modules_change_in_training():
+    model = _vit()
+    x, y = _data()
+    scores = spt.sensitivity(model, x, y)
+    a = spt.allocate(model, scores, 2_500, rank=4)
+    assert a.structured and a.sparse, "the test needs both kinds of tuning"
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    spt.apply_allocation(model, a)
+    assert spt.backbone_trainable(model) == a.params
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        for name, p in original.items():
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name) if module_name not in a.structured else None
+            if name in a.sparse:   # effective weight differs exactly at the chosen entries (at most)
+                changed = (getattr(module, attr) != p).flatten().nonzero().flatten()
+                assert set(changed.tolist()) <= set(a.sparse[name].tolist()) and len(changed) > 0
+                assert torch.equal(module.parametrizations[attr].original, p)
+            elif name in a.vectors or name.startswith("head") or name == "cls_token":
+                continue
+            elif module_name in a.structured:   # the wrapped Linear's own weights stay frozen
+                assert torch.equal(model.get_submodule(module_name).base_layer.get_parameter(attr), p)
+            else:
+                assert torch.equal(model.get_parameter(name), p), name
+    lora = [n for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora and all(model.get_parameter(n).abs().sum() > 0 for n in lora)   # LoRA B left zero init
+
+
+def test_gradients_reach_only_trainable_parameters():
+    model = _vit()
+    x, y = _data()
+    a = spt.allocate(model, spt.sensitivity(model, x, y), 2_500, kind="adapter", rank=4)
+    spt.apply_allocation(model, a)
+    F.cross_entropy(model(x), y).backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, n
+
+
+def test_baselines_count_what_their_formulas_say():
+    m = spt.lora_all(_vit(), rank=4)
+    assert spt.backbone_trainable(m) == DEPTH * (DIM * 4 + 4 * 3 * DIM)
+    m = spt.adapter_all(_vit(), rank=4)
+    assert spt.backbone_trainable(m) == DEPTH * (2 * DIM * 4 + 4 + DIM)
+    m = spt.linear_probe(_vit())
+    assert spt.backbone_trainable(m) == 0 and all(p.requires_grad for p in m.head.parameters())
+    full = _vit()
+    spt.full_finetune(full)
+    assert spt.backbone_trainable(full) == sum(p.numel() for n, p in full.named_parameters() if not n.startswith("head"))
+
+
+def test_bad_budgets_and_kinds_are_refused():
+    model = _vit()
+    scores = spt.magnitude_scores(model)
+    with pytest.raises(ValueError, match="too small: the class token alone takes 32"):
+        spt.allocate(model, scores, 10)
+    with pytest.raises(ValueError, match="more than SPT can spend on this model"):
+        spt.allocate(model, scores, 10**6)
+    with pytest.raises(ValueError, match="unknown structured kind 'prefix'"):
+        spt.allocate(model, scores, 2_500, kind="prefix")
+    r1, r2 = spt.random_scores(model, 0), spt.random_scores(model, 0)
+    assert all(torch.equal(r1[n], r2[n]) for n in r1)
+
+
+def test_tiny_clip_image_tower_converts_to_timm_exactly(tiny):
+    from clipadapt.models.vit import clip_image_tower
+    visual = tiny.model.visual
+    vit = clip_image_tower(visual, visual.proj.shape[1])
+    with torch.no_grad():   # put CLIP's projection back as the head: timm must then compute encode_image
+        vit.head.weight.copy_(visual.proj.T)
+        vit.head.bias.zero_()
+        x = torch.randn(3, 3, 48, 48)
+        assert torch.allclose(vit.eval()(x), tiny.model.encode_image(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "digits", "textile", "noisy-fashion", "orientation", "tilt"])
+def test_vtab_style_tasks_have_vtab1k_splits(name):
+    from clipadapt.data import vtab
+    t = vtab.load_task(name, n_test=100)
+    assert len(t.x_train) == 800 and len(t.x_val) == 200 and len(t.x_test) == 100
+    assert t.x_train.dtype == np.uint8 and t.x_train.shape[-1] == 3
+    assert set(np.unique(t.y_trainval)) <= set(range(len(t.classes))) and len(np.unique(t.y_train)) > 1
+    assert np.array_equal(vtab.load_task(name, n_test=100).y_test, t.y_test)
+    with pytest.raises(ValueError, match="unknown task"):
+        vtab.load_task("sun397")
+
+
+def test_ci_backbone_is_a_fresh_copy_with_the_task_head_and_paper_names_are_checked(tiny):
+    from clipadapt.models.vit import load_vit
+    a, b = load_vit("ci", 3), load_vit("ci", 5)
+    assert a.model.head.out_features == 3 and b.model.head.out_features == 5
+    assert a.model.blocks[0].attn.qkv.weight is not b.model.blocks[0].attn.qkv.weight
+    assert a.preprocess(np.zeros((2, 28, 28, 3), np.uint8)).shape == (2, 3, 48, 48)
+    with pytest.raises(ValueError, match="unknown timm model 'vit_nonexistent'"):
+        load_vit("paper", 3, paper_model="vit_nonexistent")
+
+
+def test_every_method_prepares_and_the_suite_runs_with_vtab_means():
+    from timm.data import create_transform
+
+    from clipadapt.data.vtab import Task
+    from clipadapt.finetune import FitConfig
+    from clipadapt.models.vit import LoadedViT
+    rng = np.random.default_rng(0)
+
+    def task(name, group):
+        x = rng.integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)
+        y = rng.integers(0, 3, 30)
+        return Task(name, group, ("a", "b", "c"), x[:16], y[:16], x[16:20], y[16:20], x[20:], y[20:])
+
+    load = lambda n: LoadedViT(_vit(num_classes=n), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "test")
+    for m in spt.PEFT_METHODS:
+        info = spt.prepare(m, _vit(), *_data(), budget=2_000, rank=4)
+        assert info["trainable"] > 0 or m == "linear", m
+    with pytest.raises(ValueError, match="unknown method 'spt'"):
+        spt.prepare("spt", _vit(), *_data())
+    with pytest.raises(ValueError, match="needs a budget"):
+        spt.prepare("spt-lora", _vit(), *_data())
+    tasks = [task("t1", "natural"), task("t2", "structured")]
+    methods = {"SPT": {"method": "spt-lora", "budget": 2_000, "rank": 4}, "linear": {"method": "linear", "seeds": [0]}}
+    df, allocs = spt.suite_benchmark(load, tasks, methods, seeds=(0, 1), fit_cfg=FitConfig(epochs=2, warmup_epochs=1),
+                                     show_progress=False)
+    assert len(df) == 2 * 2 + 2 and set(allocs) == {(t, "SPT", s) for t in ("t1", "t2") for s in (0, 1)}
+    vm = spt.vtab_mean(df)
+    row = df[(df.method == "SPT") & (df.seed == 0)]
+    assert vm[("SPT", 0)] == pytest.approx(row.best.mean())   # one task per group: mean of groups = mean of tasks
+    spent, structured = spt.allocation_grid(allocs[("t1", "SPT", 0)], DEPTH)
+    a = allocs[("t1", "SPT", 0)]
+    outside = 32 + sum(a.cost[v] for v in a.vectors if not v.startswith("blocks."))   # class token, final norm
+    assert int(spent.values.sum()) == a.params - outside and structured.values.sum() == len(a.structured)
