@@ -219,3 +219,33 @@ def test_every_method_prepares_and_the_suite_runs_with_vtab_means():
     a = allocs[("t1", "SPT", 0)]
     outside = 32 + sum(a.cost[v] for v in a.vectors if not v.startswith("blocks."))   # class token, final norm
     assert int(spent.values.sum()) == a.params - outside and structured.values.sum() == len(a.structured)
+
+
+def test_vtab1k_loader_reads_the_official_export_layout(tmp_path):
+    # the paper profile's data path, on a few fake JPEGs in the layout of the official export
+    from PIL import Image
+
+    from clipadapt.data import vtab
+    from clipadapt.data.real import DatasetMissingError
+    folder = tmp_path / "vtab-1k" / "eurosat"
+    for split, n in (("train800", 4), ("val200", 2), ("test", 3)):
+        (folder / "images" / split).mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            rel = f"images/{split}/{i:06d}.jpg"
+            Image.fromarray(np.full((40, 30, 3), 20 * i, np.uint8)).save(folder / rel)
+            lines.append(f"{rel} {i % 10}")
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    t = vtab.load_vtab1k("eurosat", root=tmp_path)
+    assert (t.group, len(t.classes)) == ("specialized", 10)
+    assert len(t.x_train) == 4 and len(t.x_trainval) == 6 and t.y_trainval.tolist() == [0, 1, 2, 3, 0, 1]
+    img = t.x_test[2]
+    assert img.shape == (40, 30, 3) and abs(int(img.mean()) - 40) <= 2
+    from clipadapt.models.vit import _clip_transform, LoadedViT
+    x = LoadedViT(_vit(), _clip_transform(16), "test").preprocess(t.x_trainval)
+    assert x.shape == (6, 3, 16, 16)
+    with pytest.raises(DatasetMissingError, match="prepare_vtab1k.py --task dtd --root"):
+        vtab.load_vtab1k("dtd", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown VTAB-1k task 'cifar10'"):
+        vtab.load_vtab1k("cifar10", root=tmp_path)
+    assert len(vtab.VTAB1K) == 19 and {g for g, _ in vtab.VTAB1K.values()} == set(vtab.GROUPS)

@@ -12,7 +12,8 @@ task's test split; its mean is the mean of the three group means. This suite kee
 | structured | orientation | 8 arrow directions | micro-world arrows |
 | structured | tilt | 4 tilt bins of 10 degrees in [-20, 20] | micro-world squares, triangles, stars, crosses, hearts |
 
-Every task is a fixed function of its seed: same seed, same split.
+Every task is a fixed function of its seed: same seed, same split. The `paper` profile reads the real VTAB-1k
+(19 tasks) from the layout that `data_scripts/prepare_vtab1k.py` exports (`load_vtab1k`).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class Task:
     name: str
     group: str
     classes: tuple[str, ...]
-    x_train: np.ndarray   # uint8 n x h x w x 3; train800
+    x_train: np.ndarray   # uint8 n x h x w x 3 (paper: lazily read image files); train800
     y_train: np.ndarray
     x_val: np.ndarray     # val200
     y_val: np.ndarray
@@ -49,8 +50,11 @@ class Task:
     y_test: np.ndarray
 
     @property
-    def x_trainval(self) -> np.ndarray:
-        return np.concatenate([self.x_train, self.x_val])
+    def x_trainval(self):
+        if isinstance(self.x_train, np.ndarray):
+            return np.concatenate([self.x_train, self.x_val])
+        from .registry import ImageFiles   # the paper profile's lazily read files
+        return ImageFiles(self.x_train.paths + self.x_val.paths)
 
     @property
     def y_trainval(self) -> np.ndarray:
@@ -119,3 +123,46 @@ def load_task(name: str, n_test: int = 500, seed: int = 0) -> Task:
     x, scenes = _scenes(n, s + 3, shape=lambda r: TILTED[int(r.integers(len(TILTED)))], count=lambda r: 1)
     y = [min(3, int((sc.rotation + 20) // 10)) for sc in scenes]
     return _split(name, x, y, TILTS, n_test, seed)
+
+
+# ---- the paper profile: VTAB-1k as exported by the official task_adaptation splits
+
+# name -> (group, number of classes); names and class counts as the SPT/NOAH code expects them
+VTAB1K = {
+    "cifar": ("natural", 100), "caltech101": ("natural", 102), "dtd": ("natural", 47),
+    "oxford_flowers102": ("natural", 102), "oxford_iiit_pet": ("natural", 37), "svhn": ("natural", 10),
+    "sun397": ("natural", 397),
+    "patch_camelyon": ("specialized", 2), "eurosat": ("specialized", 10), "resisc45": ("specialized", 45),
+    "diabetic_retinopathy": ("specialized", 5),
+    "clevr_count": ("structured", 8), "clevr_dist": ("structured", 6), "dmlab": ("structured", 6),
+    "kitti": ("structured", 4), "dsprites_loc": ("structured", 16), "dsprites_ori": ("structured", 16),
+    "smallnorb_azi": ("structured", 18), "smallnorb_ele": ("structured", 9),
+}
+
+
+def vtab1k_root(root=None) -> Path:
+    from .registry import data_root
+    return (Path(root) if root is not None else data_root()) / "vtab-1k"
+
+
+def _read_list(folder: Path, split: str):
+    from .registry import ImageFiles
+    lines = [ln.split() for ln in (folder / f"{split}.txt").read_text().splitlines() if ln.strip()]
+    return ImageFiles([folder / p for p, _ in lines]), np.array([int(y) for _, y in lines], dtype=np.int64)
+
+
+def load_vtab1k(name: str, root=None) -> Task:
+    """One VTAB-1k task from `<root>/vtab-1k/<name>/{train800,val200,test}.txt` (lines "images/<split>/000000.jpg
+    <label>"), the layout of the official export; images are read lazily."""
+    from .real import DatasetMissingError
+    if name not in VTAB1K:
+        raise ValueError(f"unknown VTAB-1k task {name!r}; the 19 tasks are: {', '.join(VTAB1K)}")
+    folder = vtab1k_root(root) / name
+    missing = [s for s in ("train800", "val200", "test") if not (folder / f"{s}.txt").exists()]
+    if missing:
+        raise DatasetMissingError(
+            f"VTAB-1k task {name} is not at {folder} (missing {', '.join(s + '.txt' for s in missing)}). Export it "
+            f"with\n    python data_scripts/prepare_vtab1k.py --task {name} --root {vtab1k_root(root).parent}")
+    group, k = VTAB1K[name]
+    (xtr, ytr), (xva, yva), (xte, yte) = (_read_list(folder, s) for s in ("train800", "val200", "test"))
+    return Task(name, group, tuple(str(i) for i in range(k)), xtr, ytr, xva, yva, xte, yte)

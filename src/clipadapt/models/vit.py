@@ -8,9 +8,8 @@ The eval transform comes from timm's data config of the model in both cases (no 
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -57,13 +56,6 @@ def _clip_transform(image_size: int):
                             mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, is_training=False)
 
 
-@lru_cache(maxsize=1)
-def _tiny_tower():
-    """The tiny CLIP's image tower as a timm ViT, built once per process (callers get deep copies)."""
-    clip = load_clip(TINY_NAME, TINY_TAG)
-    return clip_image_tower(clip.model.visual, 1), clip.image_size
-
-
 def load_vit(profile: str, num_classes: int, paper_model: str = PAPER_VIT, device: str | None = None) -> LoadedViT:
     """The fine-tuning backbone of a profile, with a new head for `num_classes` classes."""
     import timm
@@ -71,10 +63,9 @@ def load_vit(profile: str, num_classes: int, paper_model: str = PAPER_VIT, devic
     prof = get_profile(profile)
     dev = device or prof.device
     if prof.name == "ci":
-        tower, size = _tiny_tower()
-        vit = copy.deepcopy(tower)
-        vit.reset_classifier(num_classes)
-        return LoadedViT(vit.to(dev), _clip_transform(size), f"{TINY_NAME} image tower (timm)")
+        clip = load_clip(TINY_NAME, TINY_TAG)   # a copy of the cached tiny CLIP
+        vit = clip_image_tower(clip.model.visual, num_classes)
+        return LoadedViT(vit.to(dev), _clip_transform(clip.image_size), f"{TINY_NAME} image tower (timm)")
     if paper_model not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown timm model {paper_model!r}; see timm.list_models(pretrained=True), e.g. {PAPER_VIT}")
     try:
