@@ -241,8 +241,10 @@ def test_vtab1k_loader_reads_the_official_export_layout(tmp_path):
     assert len(t.x_train) == 4 and len(t.x_trainval) == 6 and t.y_trainval.tolist() == [0, 1, 2, 3, 0, 1]
     img = t.x_test[2]
     assert img.shape == (40, 30, 3) and abs(int(img.mean()) - 40) <= 2
-    from clipadapt.models.vit import _clip_transform, LoadedViT
-    x = LoadedViT(_vit(), _clip_transform(16), "test").preprocess(t.x_trainval)
+    from timm.data import create_transform
+
+    from clipadapt.models.vit import LoadedViT
+    x = LoadedViT(_vit(), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "test").preprocess(t.x_trainval)
     assert x.shape == (6, 3, 16, 16)
     with pytest.raises(DatasetMissingError, match="prepare_vtab1k.py --task dtd --root"):
         vtab.load_vtab1k("dtd", root=tmp_path)

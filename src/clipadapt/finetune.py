@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .eval import accuracy
 from .utils import progress, seed_everything
 
 NO_DECAY = ("pos_embed", "cls_token")   # as SPT's build_optimizer
@@ -33,15 +34,15 @@ class FitConfig:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy (%) of `model` on preprocessed images `x`."""
+def predict(model: nn.Module, x, batch_size: int = 256) -> np.ndarray:
+    """Predicted classes of `model` on preprocessed images `x` (a tensor, or anything sliceable into tensors)."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
-    correct = sum(int((model(x[i:i + batch_size].to(dev)).argmax(1).cpu() == y[i:i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
+    pred = np.concatenate([model(x[i:i + batch_size].to(dev)).argmax(1).cpu().numpy()
+                           for i in range(0, len(x), batch_size)])
     model.train(was)
-    return 100.0 * correct / max(len(x), 1)
+    return pred
 
 
 def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
@@ -77,7 +78,7 @@ def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
             losses.append(loss.item())
             steps += 1
         t_train += time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "test_acc": accuracy(model, x_test, y_test)})
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "test_acc": accuracy(predict(model, x_test), y_test)})
     accs = [h["test_acc"] for h in history]
     return {"best": max(accs), "last": accs[-1], "history": history, "s_per_step": t_train / max(steps, 1),
             "s_per_epoch": t_train / cfg.epochs}

@@ -133,6 +133,7 @@ class TTAMethod(nn.Module):
 
     def run_stream(self, images, labels, batch_size: int, preprocess, show_progress: bool = False) -> dict:
         """Adapt online over one stream of uint8 images in order; accuracy (%) of the predict-then-adapt logits."""
+        from ..eval import accuracy
         from ..models.loader import preprocess_batch
         from ..utils import progress
         preds = []
@@ -141,7 +142,7 @@ class TTAMethod(nn.Module):
             x = preprocess_batch(preprocess, images[i:i + batch_size]).to(device)
             preds.append(self(x).argmax(1).cpu().numpy())
         pred = np.concatenate(preds)
-        return {"accuracy": float((pred == np.asarray(labels)).mean() * 100), "pred": pred}
+        return {"accuracy": accuracy(pred, labels), "pred": pred}
 
 
 @register("zero-shot")

@@ -4,7 +4,8 @@
   (`timm.models.vision_transformer.checkpoint_filter_fn`), so both profiles fine-tune the same timm class.
 - paper: a timm checkpoint by name, by default `vit_base_patch16_224.augreg_in21k` (supervised ImageNet-21k
   ViT-B/16, the backbone of SPT's VTAB-1k and FGVC tables).
-The eval transform comes from timm's data config of the model in both cases (no augmentation, as SPT trains).
+The eval transform is the model's own: open_clip's for the tiny tower, timm's data config for a timm checkpoint (no
+augmentation, as SPT trains).
 """
 from __future__ import annotations
 
@@ -49,13 +50,6 @@ def clip_image_tower(visual: nn.Module, num_classes: int) -> nn.Module:
     return vit
 
 
-def _clip_transform(image_size: int):
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    from timm.data import create_transform
-    return create_transform(input_size=(3, image_size, image_size), interpolation="bicubic", crop_pct=1.0,
-                            mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, is_training=False)
-
-
 def load_vit(profile: str, num_classes: int, paper_model: str = PAPER_VIT, device: str | None = None) -> LoadedViT:
     """The fine-tuning backbone of a profile, with a new head for `num_classes` classes."""
     import timm
@@ -65,7 +59,7 @@ def load_vit(profile: str, num_classes: int, paper_model: str = PAPER_VIT, devic
     if prof.name == "ci":
         clip = load_clip(TINY_NAME, TINY_TAG)   # a copy of the cached tiny CLIP
         vit = clip_image_tower(clip.model.visual, num_classes)
-        return LoadedViT(vit.to(dev), _clip_transform(clip.image_size), f"{TINY_NAME} image tower (timm)")
+        return LoadedViT(vit.to(dev), clip.preprocess, f"{TINY_NAME} image tower (timm)")
     if paper_model not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown timm model {paper_model!r}; see timm.list_models(pretrained=True), e.g. {PAPER_VIT}")
     try:
