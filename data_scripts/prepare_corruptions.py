@@ -14,29 +14,17 @@ from __future__ import annotations
 
 import argparse
 import tarfile
-import urllib.request
 from pathlib import Path
 
 from clipadapt.data.corruptions import CORRUPTIONS
 from clipadapt.data.registry import DATASETS, data_root
-from clipadapt.utils import progress
+from clipadapt.utils import download
 
 ZENODO = {
     "cifar10-c": ("https://zenodo.org/records/2535967/files", ["CIFAR-10-C.tar"]),
     "cifar100-c": ("https://zenodo.org/records/3555552/files", ["CIFAR-100-C.tar"]),
     "imagenet-c": ("https://zenodo.org/records/2235448/files", ["noise.tar", "blur.tar", "weather.tar", "digital.tar"]),
 }
-
-
-def download(url: str, dest: Path) -> None:
-    tmp = dest.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-        total = int(r.headers.get("Content-Length", 0)) or None
-        with progress(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                bar.update(len(chunk))
-    tmp.replace(dest)
 
 
 def is_ready(name: str, folder: Path) -> bool:

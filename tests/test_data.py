@@ -207,3 +207,66 @@ def test_generated_streams_are_seeded_shuffles():
     assert not np.array_equal(y0, y2) and sorted(y0) == sorted(y2)
     with pytest.raises(ValueError, match="unknown corruption"):
         src.stream("rain", 5)
+
+
+def test_fgvc_converters_read_each_official_release_and_the_loader_reads_the_maps(tmp_path):
+    # a few fake images in the on-disk formats of the five releases (text tables or MATLAB files)
+    from PIL import Image
+    from scipy.io import savemat
+
+    from clipadapt.data import fgvc
+    from clipadapt.data.real import DatasetMissingError
+
+    def img(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((12, 10, 3), 90, np.uint8)).save(path)
+
+    def cub_like(src, cls_ids):
+        rows = [(i + 1, f"{c:03d}.bird/{i}.jpg", c, int(i % 4 != 0)) for i, c in enumerate(cls_ids)]
+        for _, p, _, _ in rows:
+            img(src / "images" / p)
+        (src / "images.txt").write_text("".join(f"{i} {p}\n" for i, p, _, _ in rows))
+        (src / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, _, c, _ in rows))
+        (src / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, _, _, t in rows))
+
+    cub_like(tmp_path / "fgvc/cub/source/CUB_200_2011", [1, 2, 1, 2, 1, 2, 1, 2] * 3)
+    cub_like(tmp_path / "fgvc/nabirds/source/nabirds", [295, 313, 999] * 8)    # non-contiguous class ids
+    fl = tmp_path / "fgvc/oxford_flowers/source"
+    for i in range(1, 7):
+        img(fl / "jpg" / f"image_{i:05d}.jpg")
+    fl.mkdir(parents=True, exist_ok=True)
+    savemat(fl / "imagelabels.mat", {"labels": np.array([[1, 2, 3, 1, 2, 102]])})
+    savemat(fl / "setid.mat", {"trnid": np.array([[1, 2]]), "valid": np.array([[3, 4]]), "tstid": np.array([[5, 6]])})
+    dg = tmp_path / "fgvc/stanford_dogs/source"
+    files = [f"n0{k}-breed/{i}.jpg" for i, k in enumerate([1, 2] * 10)]
+    for f in files:
+        img(dg / "Images" / f)
+    lst = lambda fs, ys: {"file_list": np.array(fs, dtype=object).reshape(-1, 1), "labels": np.array(ys).reshape(-1, 1)}
+    savemat(dg / "train_list.mat", lst(files[:15], [1, 2] * 7 + [1]))
+    savemat(dg / "test_list.mat", lst(files[15:], [2, 1, 2, 1, 120]))
+    cr = tmp_path / "fgvc/stanford_cars/source"
+    ann = lambda names, cls: {"annotations": np.array([(n, c) for n, c in zip(names, cls)],
+                                                      dtype=[("fname", object), ("class", object)]).reshape(1, -1)}
+    for i in range(12):
+        img(cr / ("cars_train" if i < 10 else "cars_test") / f"{i:05d}.jpg")
+    (cr / "devkit").mkdir()
+    savemat(cr / "devkit/cars_train_annos.mat", ann([f"{i:05d}.jpg" for i in range(10)], [1, 196] * 5))
+    savemat(cr / "cars_test_annos_withlabels.mat", ann(["00010.jpg", "00011.jpg"], [196, 1]))
+
+    expect = {"cub": (16, 2, 6), "nabirds": (16, 2, 6), "oxford_flowers": (2, 2, 2), "stanford_dogs": (13, 2, 5),
+              "stanford_cars": (9, 1, 2)}
+    for name, (n_tr, n_va, n_te) in expect.items():
+        fgvc.write_splits(name, tmp_path)
+        t = fgvc.load_fgvc(name, tmp_path)
+        assert (len(t.x_train), len(t.x_val), len(t.x_test)) == (n_tr, n_va, n_te), name
+        assert t.group == "fgvc" and len(t.classes) == fgvc.FGVC[name][0]
+        ys = np.concatenate([t.y_trainval, t.y_test])
+        assert ys.min() == 0 and ys.max() < len(t.classes), name
+        assert t.x_test[0].shape == (12, 10, 3) and len(t.x_trainval) == n_tr + n_va
+        assert not set(t.x_train.paths) & set(t.x_val.paths)
+    assert sorted(set(fgvc.load_fgvc("nabirds", tmp_path).y_test)) == [0, 1, 2]
+    assert fgvc.load_fgvc("oxford_flowers", tmp_path).y_test.tolist() == [1, 101]
+    with pytest.raises(DatasetMissingError, match="prepare_fgvc.py --dataset cub --root"):
+        fgvc.load_fgvc("cub", tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="unknown FGVC dataset 'cars'"):
+        fgvc.load_fgvc("cars", tmp_path)

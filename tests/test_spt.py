@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.data import TensorDataset
 
 from clipadapt.methods import spt
 
@@ -18,6 +19,10 @@ def _vit(seed=0, num_classes=3):
 def _data(n=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _ds(n=24, seed=0):
+    return TensorDataset(*_data(n, seed))
 
 
 def _top_counts(scores, tau):
@@ -37,7 +42,7 @@ def test_sensitivity_is_the_sum_of_squared_gradients_and_leaves_the_model_alone(
     x, y = _data()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.eval()
-    s = spt.sensitivity(model, x, y, batch_size=8, n_batches=2)
+    s = spt.sensitivity(model, TensorDataset(x, y), batch_size=8, n_batches=2)
     assert set(s) == set(spt.ranked_parameters(model))
     assert not any(k in n for n in s for k in ("head", "cls_token", "patch_embed", "pos_embed"))
     ref = {n: torch.zeros_like(p) for n, p in spt.ranked_parameters(model).items()}
@@ -55,7 +60,7 @@ def test_sensitivity_is_the_sum_of_squared_gradients_and_leaves_the_model_alone(
 @pytest.mark.parametrize("budget", [1_500, 3_000, 4_500])
 def test_allocation_meets_the_budget_and_follows_alpha_and_beta(kind, budget):
     model = _vit()
-    scores = spt.sensitivity(model, *_data())
+    scores = spt.sensitivity(model, _ds())
     a = spt.allocate(model, scores, budget, kind=kind, rank=4)
     costs = [spt.structured_cost(m, kind, 4) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     # SPT picks the tau whose total is closest: off by at most half of one structured module
@@ -79,7 +84,7 @@ def test_allocation_meets_the_budget_and_follows_alpha_and_beta(kind, budget):
 
 def test_alpha_extremes_give_unstructured_only_and_structured_only():
     model = _vit()
-    scores = spt.sensitivity(model, *_data())
+    scores = spt.sensitivity(model, _ds())
     un = spt.allocate(model, scores, 2_500, alpha=0)
     assert un.structured == [] and abs(un.params - 2_500) <= 1
     st = spt.allocate(model, scores, 2_500, alpha=float("inf"))
@@ -89,7 +94,7 @@ def test_alpha_extremes_give_unstructured_only_and_structured_only():
 def test_only_the_allocated_entries_and_modules_change_in_training():
     model = _vit()
     x, y = _data()
-    scores = spt.sensitivity(model, x, y)
+    scores = spt.sensitivity(model, TensorDataset(x, y))
     a = spt.allocate(model, scores, 2_500, rank=4)
     assert a.structured and a.sparse, "the test needs both kinds of tuning"
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -121,7 +126,7 @@ def test_only_the_allocated_entries_and_modules_change_in_training():
 def test_gradients_reach_only_trainable_parameters():
     model = _vit()
     x, y = _data()
-    a = spt.allocate(model, spt.sensitivity(model, x, y), 2_500, kind="adapter", rank=4)
+    a = spt.allocate(model, spt.sensitivity(model, TensorDataset(x, y)), 2_500, kind="adapter", rank=4)
     spt.apply_allocation(model, a)
     F.cross_entropy(model(x), y).backward()
     for n, p in model.named_parameters():
@@ -201,12 +206,12 @@ def test_every_method_prepares_and_the_suite_runs_with_vtab_means():
 
     load = lambda n: LoadedViT(_vit(num_classes=n), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "test")
     for m in spt.PEFT_METHODS:
-        info = spt.prepare(m, _vit(), *_data(), budget=2_000, rank=4)
+        info = spt.prepare(m, _vit(), _ds(), budget=2_000, rank=4)
         assert info["trainable"] > 0 or m == "linear", m
     with pytest.raises(ValueError, match="unknown method 'spt'"):
-        spt.prepare("spt", _vit(), *_data())
+        spt.prepare("spt", _vit(), _ds())
     with pytest.raises(ValueError, match="needs a budget"):
-        spt.prepare("spt-lora", _vit(), *_data())
+        spt.prepare("spt-lora", _vit(), _ds())
     tasks = [task("t1", "natural"), task("t2", "structured")]
     methods = {"SPT": {"method": "spt-lora", "budget": 2_000, "rank": 4}, "linear": {"method": "linear", "seeds": [0]}}
     df, allocs = spt.suite_benchmark(load, tasks, methods, seeds=(0, 1), fit_cfg=FitConfig(epochs=2, warmup_epochs=1),
@@ -251,3 +256,118 @@ def test_vtab1k_loader_reads_the_official_export_layout(tmp_path):
     with pytest.raises(ValueError, match="unknown VTAB-1k task 'cifar10'"):
         vtab.load_vtab1k("cifar10", root=tmp_path)
     assert len(vtab.VTAB1K) == 19 and {g for g, _ in vtab.VTAB1K.values()} == set(vtab.GROUPS)
+
+
+def test_lazy_files_and_in_memory_images_train_identically_with_the_official_eval_cadence(tmp_path):
+    # the paper profile reads and transforms files per batch, ci preprocesses arrays once: same loop, same numbers
+    from PIL import Image
+    from timm.data import create_transform
+
+    from clipadapt.data.registry import ImageFiles
+    from clipadapt.finetune import FitConfig, ImageSet, fit_classifier
+    from clipadapt.models.vit import LoadedViT
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)
+    y = rng.integers(0, 3, 20)
+    paths = []
+    for i, im in enumerate(x):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(im).save(paths[-1])
+    lv = LoadedViT(_vit(), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "test")
+    mem, lazy = lv.dataset(x, y), lv.dataset(ImageFiles(paths), y)
+    assert isinstance(mem, TensorDataset) and isinstance(lazy, ImageSet)
+    cfg = FitConfig(epochs=6, warmup_epochs=1, batch_size=8, eval_every=4, eval_last=2)
+    runs = []
+    for data in (mem, lazy):
+        model = _vit()
+        spt.lora_all(model, rank=2)
+        runs.append(fit_classifier(model, data, data, cfg))
+    assert [h["epoch"] for h in runs[0]["history"] if "test_acc" in h] == [4, 5, 6]   # every 4th and the last 2
+    assert runs[0]["history"] == runs[1]["history"]
+    assert np.isnan(runs[0]["peak_mem_mb"])   # peak memory is a GPU measurement
+    with pytest.raises(ValueError, match="20 images but 3 labels"):
+        ImageSet(x, y[:3], lv.transform)
+
+
+def test_a_list_of_budgets_is_chosen_on_val200_then_trained_on_train_plus_val(monkeypatch):
+    import clipadapt.finetune as ft
+    from clipadapt.data.vtab import Task
+    from clipadapt.models.vit import LoadedViT
+    from timm.data import create_transform
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (30, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 30)
+    task = Task("t", "natural", ("a", "b", "c"), x[:16], y[:16], x[16:20], y[16:20], x[20:], y[20:])
+    calls = []
+
+    def fake_fit(model, train, test, cfg):   # val score grows with the trainable count: the largest budget wins
+        calls.append((len(train), len(test), spt.backbone_trainable(model)))
+        return {"best": float(calls[-1][2]), "last": 0.0, "s_per_step": 0.0, "s_per_epoch": 0.0, "peak_mem_mb": 0.0}
+    monkeypatch.setattr(ft, "fit_classifier", fake_fit)
+    load = lambda n: LoadedViT(_vit(num_classes=n), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "test")
+    df, _ = spt.suite_benchmark(load, [task], {"SPT": {"method": "spt-lora", "budget": [1_000, 3_000], "rank": 4}},
+                                show_progress=False)
+    assert [c[:2] for c in calls] == [(16, 4), (16, 4), (20, 10)]   # two candidates on train800/val200, then the test
+    assert df.budget.tolist() == [3_000] and abs(calls[-1][2] - 3_000) < 0.05 * 3_000   # re-ranked on train+val
+
+
+def _fake_vtab1k(root, task, sizes=(("train800", 8), ("val200", 4), ("test", 6)), n_classes=3):
+    from PIL import Image
+    folder = root / "vtab-1k" / task
+    for split, n in sizes:
+        (folder / "images" / split).mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            rel = f"images/{split}/{i:06d}.jpg"
+            Image.fromarray(np.full((40, 30, 3), 20 * i, np.uint8)).save(folder / rel)
+            lines.append(f"{rel} {i % n_classes}")
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_paper_checkpoint_loads_from_a_local_file_with_spts_transform(tmp_path):
+    import timm
+
+    from clipadapt.models.vit import load_vit
+    ref = timm.create_model("vit_tiny_patch16_224.augreg_in21k", pretrained=False)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    lv = load_vit("paper", 7, "vit_tiny_patch16_224.augreg_in21k", device="cpu", checkpoint=tmp_path / "w.pth")
+    got = lv.model.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in ref.state_dict().items() if not k.startswith("head"))
+    assert lv.model.head.out_features == 7 and lv.model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)   # stochastic depth up to 0.1
+    x = lv.preprocess(np.zeros((1, 40, 30, 3), np.uint8))   # a direct resize to 224 x 224, ImageNet mean and std
+    assert x.shape == (1, 3, 224, 224) and x[0, 0, 0, 0].item() == pytest.approx(-0.485 / 0.229, rel=1e-4)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        load_vit("paper", 7, "vit_tiny_patch16_224.augreg_in21k", checkpoint=tmp_path / "nothing.pth")
+
+
+@pytest.mark.slow
+def test_chapter_paper_branch_runs_on_stand_ins(tmp_path, monkeypatch):
+    # the paper profile's whole chapter path (VTAB-1k and FGVC readers, budget choice on val200, published-vs-ours
+    # table) on fake files in the official layouts and a small local checkpoint; numbers are meaningless here
+    import timm
+    from scipy.io import savemat
+
+    from clipadapt import book
+    from clipadapt.data import fgvc
+    from clipadapt.results import load_record
+    for task in ("eurosat", "dsprites_loc"):
+        _fake_vtab1k(tmp_path, task)
+    fl = tmp_path / "fgvc/oxford_flowers/source"
+    (fl / "jpg").mkdir(parents=True)
+    from PIL import Image
+    for i in range(1, 13):
+        Image.fromarray(np.full((30, 40, 3), 10 * i, np.uint8)).save(fl / "jpg" / f"image_{i:05d}.jpg")
+    savemat(fl / "imagelabels.mat", {"labels": np.array([[1, 2, 3] * 4])})
+    savemat(fl / "setid.mat", {"trnid": np.arange(1, 7)[None], "valid": np.arange(7, 9)[None],
+                               "tstid": np.arange(9, 13)[None]})
+    fgvc.write_splits("oxford_flowers", tmp_path)
+    torch.save(timm.create_model("test_vit.r160_in1k", pretrained=False).state_dict(), tmp_path / "w.pth")
+    monkeypatch.setenv("CLIPADAPT_RESULTS", str(tmp_path / "results"))
+    book.run_notebook(book.ROOT / "notebooks" / "05_spt.ipynb", profile="paper", out_dir=tmp_path / "out",
+                      epochs=1, budget=[20_000, 40_000], vtab_tasks=["eurosat", "dsprites_loc"],
+                      fgvc_datasets=["oxford_flowers"], paper_model="test_vit.r160_in1k",
+                      paper_checkpoint=str(tmp_path / "w.pth"), data_root=str(tmp_path), num_workers=0)
+    rec = load_record("05_spt", "paper", tmp_path / "results")
+    runs = rec["tables"]["runs"]
+    assert {r["task"] for r in runs} == {"eurosat", "dsprites_loc", "oxford_flowers"}
+    assert {r["budget"] for r in runs if r["method"] == "SPT-LoRA"} <= {20_000, 40_000}
+    assert all(0 <= r["best"] <= 100 for r in runs) and len({r["method"] for r in runs}) == 10

@@ -6,6 +6,7 @@ The book, the reproduction report and the tests read these records; prose reads 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,9 +44,11 @@ class RunRecord:
         self.metrics[name] = float(value)
         return value
 
-    def save(self, root: str | Path = "results") -> Path:
-        """Write results/<notebook>.<profile>.json (wall time up to now) and return the path."""
+    def save(self, root: str | Path | None = None) -> Path:
+        """Write <root>/<notebook>.<profile>.json (wall time up to now) and return the path; root defaults to
+        $CLIPADAPT_RESULTS, else results/ (tests on stand-in data write elsewhere)."""
         self.wall_time_s = round(time.time() - self.started, 2)
+        root = root if root is not None else os.environ.get("CLIPADAPT_RESULTS", "results")
         path = Path(root) / f"{self.notebook}.{self.profile}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False, default=_jsonable))

@@ -1,4 +1,4 @@
-"""Seeding, the cache folder and progress bars, shared by every module."""
+"""Seeding, the cache folder, progress bars and downloads, shared by every module and data script."""
 from __future__ import annotations
 
 import os
@@ -29,3 +29,16 @@ def progress(iterable=None, **kw):
     kw.setdefault("dynamic_ncols", True)
     kw.setdefault("mininterval", 1.0)
     return tqdm(iterable, **kw)
+
+
+def download(url: str, dest: Path) -> None:
+    """Download `url` to `dest` with a progress bar (through a .part file, so an interrupted download is redone)."""
+    import urllib.request
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        total = int(r.headers.get("Content-Length", 0)) or None
+        with progress(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    tmp.replace(dest)

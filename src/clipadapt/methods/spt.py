@@ -49,26 +49,28 @@ def ranked_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if not any(k in n for k in NOT_RANKED)}
 
 
-def sensitivity(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 32,
-                n_batches: int = 16) -> dict[str, torch.Tensor]:
-    """Sum over `n_batches` batches (in order) of the squared gradient of the cross-entropy, per backbone weight.
+def sensitivity(model: nn.Module, data, batch_size: int = 32, n_batches: int = 16) -> dict[str, torch.Tensor]:
+    """Sum over the first `n_batches` batches of `data` (in order) of the squared gradient of the cross-entropy, per
+    backbone weight. `data` is a list-indexed dataset (`clipadapt.finetune`), e.g. a TensorDataset of images and labels.
 
     `model` must already carry the (randomly initialised) head of the task. It is left unchanged: no step is taken,
     and requires_grad flags and train/eval mode are restored.
     """
+    from itertools import islice
+
+    from ..finetune import batches
+    if len(data) < 1 or n_batches < 1:
+        raise ValueError("sensitivity needs at least one batch of training images")
     ranked = ranked_parameters(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     model.train()
     model.requires_grad_(True)
+    dev = next(model.parameters()).device
     scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in ranked.items()}
-    n = min(n_batches, -(-len(images) // batch_size))
-    if n < 1:
-        raise ValueError("sensitivity needs at least one batch of training images")
-    for i in range(n):
-        x, y = images[i * batch_size:(i + 1) * batch_size], labels[i * batch_size:(i + 1) * batch_size]
+    for x, y in islice(batches(data, batch_size), n_batches):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(model(x.to(dev)), y.to(dev)).backward()
         for name, p in ranked.items():
             scores[name] += p.grad.detach().float() ** 2
     model.zero_grad(set_to_none=True)
@@ -325,12 +327,12 @@ PEFT_METHODS = ("linear", "full", "lora", "adapter", "spt-lora", "spt-adapter", 
                 "spt-structured", "random-mask", "magnitude-mask")
 
 
-def prepare(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int | None = None,
+def prepare(method: str, model: nn.Module, data, budget: int | None = None,
             rank: int = 8, seed: int = 0, sensitivity_batches: int = 16, sensitivity_batch_size: int = 32) -> dict:
     """Make `model` (a timm ViT with the task's head) trainable as `method` says; in place.
 
     SPT variants and the two controls need `budget` (trainable parameters, head excluded); they rank the entries
-    by sensitivity on the first `sensitivity_batches` batches of (x, y) (controls: random or |w|). Returns what was
+    by sensitivity on the first `sensitivity_batches` batches of the training set `data` (controls: random or |w|). Returns what was
     done: trainable count, the allocation (if any) and the seconds the ranking took.
     """
     import time
@@ -355,7 +357,7 @@ def prepare(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bud
             scores = magnitude_scores(model)
         else:
             torch.manual_seed(seed)
-            scores = sensitivity(model, x, y, sensitivity_batch_size, sensitivity_batches)
+            scores = sensitivity(model, data, sensitivity_batch_size, sensitivity_batches)
         info["ranking_s"] = time.perf_counter() - t0
         kind = "adapter" if method == "spt-adapter" else "lora"
         alpha = {"spt-unstructured": 0.0, "spt-structured": float("inf")}.get(method, 10.0)
@@ -371,8 +373,10 @@ def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit
 
     `load_model(num_classes)` returns a `clipadapt.models.vit.LoadedViT`; `tasks` are `clipadapt.data.vtab.Task`s;
     `methods` maps a row label to `{"method": one of PEFT_METHODS, "budget": ..., "rank": ..., "seeds": [...]}`
-    ("seeds" optional: a subset of `seeds` for that row). Rows: task, group, method, seed, trainable, best and last
-    test accuracy (%), seconds per step and per epoch, ranking seconds.
+    ("seeds" optional: a subset of `seeds` for that row). A list of budgets is a hyper-parameter: as the SPT
+    authors do, each candidate trains on train800 and is scored on val200, and the best one (per task and seed)
+    trains on train800 + val200 for the test. Rows: task, group, method, seed, budget, trainable, best and last test
+    accuracy (%), seconds per step and per epoch, ranking seconds, peak training memory (MiB, GPU only).
     """
     import dataclasses
 
@@ -383,23 +387,37 @@ def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit
     fit_cfg = fit_cfg or FitConfig()
     rows, allocations = [], {}
     jobs = [(t, label, s) for t in tasks for label, spec in methods.items() for s in spec.get("seeds", seeds)]
-    prepared = {}
-    for task, label, seed in progress(jobs, desc="fine-tuning runs", disable=not show_progress):
-        if task.name not in prepared:
-            lv = load_model(len(task.classes))
-            prepared = {task.name: (lv.preprocess(task.x_trainval), torch.from_numpy(task.y_trainval),
-                                    lv.preprocess(task.x_test), torch.from_numpy(task.y_test))}
-        x, y, xt, yt = prepared[task.name]
-        spec = {k: v for k, v in methods[label].items() if k != "seeds"}
+    data = {}
+    selecting = any(isinstance(spec.get("budget"), (list, tuple)) for spec in methods.values())
+
+    def run(spec, budget, seed, train, test):
         seed_everything(seed)
-        model = load_model(len(task.classes)).model
-        info = prepare(spec.pop("method"), model, x, y, seed=seed, **spec)
-        r = fit_classifier(model, x, y, xt, yt, dataclasses.replace(fit_cfg, seed=seed))
+        model = load_model(data["k"]).model
+        info = prepare(spec["method"], model, train, budget=budget, seed=seed,
+                       **{k: v for k, v in spec.items() if k not in ("method", "budget", "seeds")})
+        return info, fit_classifier(model, train, test, dataclasses.replace(fit_cfg, seed=seed))
+
+    for task, label, seed in progress(jobs, desc="fine-tuning runs", disable=not show_progress):
+        if data.get("task") != task.name:   # images of one task are prepared once for all its runs
+            lv = load_model(len(task.classes))
+            data = {"task": task.name, "k": len(task.classes),
+                    "trainval": lv.dataset(task.x_trainval, task.y_trainval), "test": lv.dataset(task.x_test, task.y_test)}
+            if selecting:
+                data.update(train=lv.dataset(task.x_train, task.y_train), val=lv.dataset(task.x_val, task.y_val))
+        spec = methods[label]
+        budgets = spec.get("budget")
+        if isinstance(budgets, (list, tuple)):   # choose the budget on val200
+            val = {b: run(spec, b, seed, data["train"], data["val"])[1]["best"] for b in budgets}
+            budget = max(val, key=val.get)
+        else:
+            budget = budgets
+        info, r = run(spec, budget, seed, data["trainval"], data["test"])
         if info["allocation"] is not None:
             allocations[(task.name, label, seed)] = info["allocation"]
-        rows.append({"task": task.name, "group": task.group, "method": label, "seed": seed,
+        rows.append({"task": task.name, "group": task.group, "method": label, "seed": seed, "budget": budget,
                      "trainable": info["trainable"], "best": r["best"], "last": r["last"],
-                     "s_per_step": r["s_per_step"], "s_per_epoch": r["s_per_epoch"], "ranking_s": info["ranking_s"]})
+                     "s_per_step": r["s_per_step"], "s_per_epoch": r["s_per_epoch"], "ranking_s": info["ranking_s"],
+                     "peak_mem_mb": r["peak_mem_mb"]})
     return pd.DataFrame(rows), allocations
 
 
