@@ -60,3 +60,31 @@ def time_per_step(step: Callable[[], object], *, warmup: int = 1, repeats: int =
     times.sort()
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_rss_mb()
     return {"s_per_step": times[len(times) // 2], "peak_mb": peak}
+
+
+def training_memory(model: nn.Module, loss_fn: Callable[[], torch.Tensor]) -> dict[str, float]:
+    """The memory one training step of `model` holds, measured on any device (MiB): its weights, the gradients and
+    Adam's two moments of what trains, and the activations autograd saves for the backward pass of `loss_fn()`
+    (recorded by a saved-tensors hook; tensors counted once; saved weights are not counted again).
+
+    Unlike a process's peak RSS this separates methods within one run on a CPU; on a GPU compare it with
+    `torch.cuda.max_memory_allocated`, which also counts allocator slack and temporary buffers.
+    """
+    params = {p.data_ptr() for p in model.parameters()}
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor):
+        key = (t.data_ptr(), t.numel())
+        if t.data_ptr() not in params and key not in seen:
+            seen[key] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    mib = 2 ** 20
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / mib
+    states = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / mib
+    acts = sum(seen.values()) / mib
+    return {"weights_mb": weights, "grads_and_adam_mb": states, "activations_mb": acts,
+            "total_mb": weights + states + acts}

@@ -106,9 +106,12 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i):
+        """An int reads one image; a slice reads a list of them; an array or list of positions is a lazy subset."""
         from PIL import Image
         if isinstance(i, slice):
             return [np.asarray(Image.open(p).convert("RGB")) for p in self.paths[i]]
+        if isinstance(i, (list, np.ndarray)):
+            return ImageFiles([self.paths[int(k)] for k in i])
         return np.asarray(Image.open(self.paths[i]).convert("RGB"))
 
 

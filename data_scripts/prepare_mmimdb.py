@@ -1,0 +1,44 @@
+"""Download and unpack MM-IMDb (Arevalo et al., 2017) for the contrastive-adaptation chapter's `paper` profile.
+
+    python data_scripts/prepare_mmimdb.py --root ~/.cache/clipadapt/data
+    python data_scripts/prepare_mmimdb.py --archive ~/Downloads/mmimdb.tar.gz
+
+The archive (about 8 GB) comes from the dataset's page, http://lisi1.unal.edu.co/mmimdb/ ; it unpacks into
+<root>/mmimdb/dataset/ (one .json and one .jpeg per movie), the layout `clipadapt.data.mmimdb.load_mmimdb` reads.
+Re-running skips what is already there.
+"""
+from __future__ import annotations
+
+import argparse
+import tarfile
+from pathlib import Path
+
+from clipadapt.data.mmimdb import mmimdb_root
+from clipadapt.data.registry import data_root
+from clipadapt.utils import download
+
+URL = "http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=str(data_root()))
+    ap.add_argument("--archive", help="a local copy of mmimdb.tar.gz")
+    a = ap.parse_args()
+    folder = mmimdb_root(a.root)
+    if (folder / "dataset").is_dir():
+        print(f"MM-IMDb: already at {folder}")
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tar = Path(a.archive).expanduser() if a.archive else folder.parent / "mmimdb.tar.gz"
+    if not tar.exists():
+        download(URL, tar)
+    with tarfile.open(tar) as t:   # the archive holds mmimdb/dataset/...
+        t.extractall(folder.parent, filter="data")
+    if not (folder / "dataset").is_dir():
+        raise SystemExit(f"unpacked {tar}, but {folder / 'dataset'} is missing; move the dataset folder there")
+    print(f"MM-IMDb: unpacked to {folder}")
+
+
+if __name__ == "__main__":
+    main()
