@@ -228,19 +228,9 @@ def test_every_method_prepares_and_the_suite_runs_with_vtab_means():
 
 def test_vtab1k_loader_reads_the_official_export_layout(tmp_path):
     # the paper profile's data path, on a few fake JPEGs in the layout of the official export
-    from PIL import Image
-
     from clipadapt.data import vtab
     from clipadapt.data.real import DatasetMissingError
-    folder = tmp_path / "vtab-1k" / "eurosat"
-    for split, n in (("train800", 4), ("val200", 2), ("test", 3)):
-        (folder / "images" / split).mkdir(parents=True)
-        lines = []
-        for i in range(n):
-            rel = f"images/{split}/{i:06d}.jpg"
-            Image.fromarray(np.full((40, 30, 3), 20 * i, np.uint8)).save(folder / rel)
-            lines.append(f"{rel} {i % 10}")
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    _fake_vtab1k(tmp_path, "eurosat", (("train800", 4), ("val200", 2), ("test", 3)), n_classes=10)
     t = vtab.load_vtab1k("eurosat", root=tmp_path)
     assert (t.group, len(t.classes)) == ("specialized", 10)
     assert len(t.x_train) == 4 and len(t.x_trainval) == 6 and t.y_trainval.tolist() == [0, 1, 2, 3, 0, 1]

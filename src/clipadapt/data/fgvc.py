@@ -99,16 +99,13 @@ def write_splits(name: str, root=None) -> Path:
 
 def load_fgvc(name: str, root=None):
     """One FGVC dataset as a `clipadapt.data.vtab.Task` (group "fgvc") of lazily read images."""
-    from .real import DatasetMissingError
+    from .real import require_files
     from .registry import ImageFiles
     from .vtab import Task
     _check(name)
     folder = fgvc_root(root) / name
-    missing = [s for s in ("train", "val", "test") if not (folder / f"{s}.json").exists()]
-    if missing:
-        raise DatasetMissingError(
-            f"FGVC dataset {name} is not at {folder} (missing {', '.join(s + '.json' for s in missing)}). Prepare it "
-            f"with\n    python data_scripts/prepare_fgvc.py --dataset {name} --root {fgvc_root(root).parent}")
+    require_files(folder, ("train.json", "val.json", "test.json"), f"FGVC dataset {name}",
+                  f"python data_scripts/prepare_fgvc.py --dataset {name} --root {fgvc_root(root).parent}")
     parts = []
     for s in ("train", "val", "test"):
         items = json.loads((folder / f"{s}.json").read_text())

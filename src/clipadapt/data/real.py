@@ -18,6 +18,15 @@ class DatasetMissingError(FileNotFoundError):
     """A dataset is not on disk; the message says the command that puts it there."""
 
 
+def require_files(folder, names, what: str, command: str) -> None:
+    """Raise DatasetMissingError naming the missing files of `folder` and the command that prepares them."""
+    from pathlib import Path
+    missing = [n for n in names if not (Path(folder) / n).exists()]
+    if missing:
+        raise DatasetMissingError(f"{what} is not at {folder} (missing {', '.join(missing)}). Prepare it with\n"
+                                  f"    {command}")
+
+
 def fashion_mnist_dir() -> Path:
     """Where the Fashion-MNIST idx files are: $CLIPADAPT_FASHION_MNIST or the Debian package's folder."""
     candidates = [os.environ["CLIPADAPT_FASHION_MNIST"]] if os.environ.get("CLIPADAPT_FASHION_MNIST") else []

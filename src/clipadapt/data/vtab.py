@@ -154,15 +154,12 @@ def _read_list(folder: Path, split: str):
 def load_vtab1k(name: str, root=None) -> Task:
     """One VTAB-1k task from `<root>/vtab-1k/<name>/{train800,val200,test}.txt` (lines "images/<split>/000000.jpg
     <label>"), the layout of the official export; images are read lazily."""
-    from .real import DatasetMissingError
+    from .real import require_files
     if name not in VTAB1K:
         raise ValueError(f"unknown VTAB-1k task {name!r}; the 19 tasks are: {', '.join(VTAB1K)}")
     folder = vtab1k_root(root) / name
-    missing = [s for s in ("train800", "val200", "test") if not (folder / f"{s}.txt").exists()]
-    if missing:
-        raise DatasetMissingError(
-            f"VTAB-1k task {name} is not at {folder} (missing {', '.join(s + '.txt' for s in missing)}). Export it "
-            f"with\n    python data_scripts/prepare_vtab1k.py --task {name} --root {vtab1k_root(root).parent}")
+    require_files(folder, ("train800.txt", "val200.txt", "test.txt"), f"VTAB-1k task {name}",
+                  f"python data_scripts/prepare_vtab1k.py --task {name} --root {vtab1k_root(root).parent}")
     group, k = VTAB1K[name]
     (xtr, ytr), (xva, yva), (xte, yte) = (_read_list(folder, s) for s in ("train800", "val200", "test"))
     return Task(name, group, tuple(str(i) for i in range(k)), xtr, ytr, xva, yva, xte, yte)
