@@ -49,6 +49,14 @@ def accuracy(pred, labels) -> float:
     return float((pred == labels).mean() * 100.0) if len(labels) else float("nan")
 
 
+def uar_war(pred, labels, n_classes: int) -> tuple[float, float]:
+    """Dynamic facial expression recognition's two numbers, in percent: UAR, the mean over classes of each class's
+    recall (classes absent from `labels` are skipped), and WAR, the overall accuracy."""
+    cm = confusion_matrix(pred, labels, n_classes, normalize=False)
+    seen = cm.sum(1) > 0
+    return float((np.diag(cm)[seen] / cm.sum(1)[seen]).mean() * 100.0), accuracy(pred, labels)
+
+
 def confusion_matrix(pred, labels, n_classes: int, normalize: bool = True) -> np.ndarray:
     """Rows: true class, columns: predicted class; row-normalised (recall per class) by default."""
     cm = np.zeros((n_classes, n_classes), np.float64)
