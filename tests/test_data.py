@@ -268,5 +268,8 @@ def test_fgvc_converters_read_each_official_release_and_the_loader_reads_the_map
     assert fgvc.load_fgvc("oxford_flowers", tmp_path).y_test.tolist() == [1, 101]
     with pytest.raises(DatasetMissingError, match="prepare_fgvc.py --dataset cub --root"):
         fgvc.load_fgvc("cub", tmp_path / "elsewhere")
+    (tmp_path / "fgvc/stanford_dogs/source/test_list.mat").unlink()   # an incomplete release says what is missing
+    with pytest.raises(DatasetMissingError, match="(?s)missing test_list.mat.*prepare_fgvc.py --dataset stanford_dogs"):
+        fgvc.write_splits("stanford_dogs", tmp_path)
     with pytest.raises(ValueError, match="unknown FGVC dataset 'cars'"):
         fgvc.load_fgvc("cars", tmp_path)

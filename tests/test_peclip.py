@@ -138,3 +138,9 @@ def test_peclip_model_gives_class_logits_and_trains_only_adapters_and_prompts():
     assert trainable == {id(p) for p in model.parameters() if p.requires_grad}
     logits.logsumexp(1).sum().backward()
     assert all(p.grad is not None for g in groups for p in g["params"] if p.requires_grad)
+
+
+def test_too_short_clips_are_refused_with_the_reason():
+    from clipadapt.data import clips
+    with pytest.raises(ValueError, match="at least 5 frames"):
+        clips.make_clips(2, frames=4)

@@ -60,9 +60,8 @@ class ImageSet(Dataset):
         return len(self.labels)
 
     def __getitem__(self, idx: Sequence[int]):
-        from PIL import Image
-        return (torch.stack([self.transform(Image.fromarray(np.asarray(self.images[int(i)]))) for i in idx]),
-                self.labels[list(idx)])
+        from .models.loader import preprocess_batch
+        return preprocess_batch(self.transform, [np.asarray(self.images[int(i)]) for i in idx]), self.labels[list(idx)]
 
 
 def labels_of(data: Dataset) -> torch.Tensor:

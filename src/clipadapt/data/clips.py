@@ -48,6 +48,8 @@ def envelope(frames: int, apex: int, rise: int, hold: int, fall: int) -> np.ndar
 
 def make_clips(n: int, frames: int = 16, seed: int = 0, subjects: range | None = None) -> Clips:
     """`n` clips; subjects are drawn from `subjects` (ids seed the identities, so splits can keep them apart)."""
+    if frames < 5:
+        raise ValueError(f"clips need at least 5 frames (an onset, an apex away from both ends, an offset); got {frames}")
     rng = np.random.default_rng(seed)
     subjects = subjects if subjects is not None else range(0, 40)
     ids = {s: Identity.sample(np.random.default_rng(10_000 + s)) for s in subjects}

@@ -59,9 +59,16 @@ def convert(name: str, source: Path) -> dict[str, dict[str, int]]:
     """The {train, val, test} maps of one dataset from its unpacked official release in `source` (paths relative to
     the parent of `source`, i.e. starting with "source/")."""
     from scipy.io import loadmat
+
+    from .real import require_files
     _check(name)
     source = Path(source)
     pre = source.name
+    needs = {"oxford_flowers": ("jpg", "imagelabels.mat", "setid.mat"),
+             "stanford_dogs": ("Images", "train_list.mat", "test_list.mat"),
+             "stanford_cars": ("cars_train", "cars_test", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat")}
+    require_files(source, needs.get(name, ()), f"the {name} release",
+                  f"python data_scripts/prepare_fgvc.py --dataset {name} --root {source.parent.parent.parent}")
     if name in ("cub", "nabirds"):
         sub = next((d for d in (source, source / "CUB_200_2011", source / "nabirds") if (d / "images.txt").exists()), None)
         if sub is None:
