@@ -115,10 +115,11 @@ def test_maple_prompts_count_and_reach_both_towers():
 
 def test_clips_are_seeded_imbalanced_subject_independent_and_peak_briefly():
     from clipadapt.data import clips
-    tr, te = clips.make_split(40, 20, frames=8, seed=0)
-    again, _ = clips.make_split(40, 20, frames=8, seed=0)
-    assert tr.frames.shape == (40, 8, 48, 48, 3) and np.array_equal(tr.frames, again.frames)
-    assert not set(tr.subjects) & set(te.subjects)
+    split = clips.make_split(40, 10, 20, frames=8, seed=0)
+    again = clips.make_split(40, 10, 20, frames=8, seed=0)
+    tr, va, te = split["train"], split["val"], split["test"]
+    assert tr.frames.shape == (40, 8, 48, 48, 3) and np.array_equal(tr.frames, again["train"].frames)
+    assert not set(tr.subjects) & set(te.subjects) and not set(va.subjects) & (set(tr.subjects) | set(te.subjects))
     env = clips.envelope(16, apex=7, rise=2, hold=0, fall=2)
     assert env.argmax() == 7 and env.max() == 1 and (env > 0).sum() <= 5 and env[0] == 0 and env[-1] == 0
     big = clips.make_clips(300, frames=5, seed=1)
@@ -144,3 +145,121 @@ def test_too_short_clips_are_refused_with_the_reason():
     from clipadapt.data import clips
     with pytest.raises(ValueError, match="at least 5 frames"):
         clips.make_clips(2, frames=4)
+
+
+def test_ablation_variants_train_what_they_name_and_select_on_validation():
+    from clipadapt.data.clips import EXPRESSIONS
+    from clipadapt.finetune import FitConfig
+    tok = lambda texts: torch.randint(1, 90, (len(texts), 12))
+    counts = {}
+    for label, v in peclip.VARIANTS.items():
+        torch.manual_seed(0)
+        m = peclip.build_variant(v, _tiny_clip(), tok, EXPRESSIONS, depth=2)
+        counts[label] = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        assert m(torch.randn(2, 3, 3, 16, 16)).shape == (2, 7), label
+    sha, tda, ad = 2 * 32 * 4 + 4 + 32, 2 * 32 + 32 + 1 + 32 * 4 + 4 + 2 * 3 * (16 + 4) + 4 * 32 + 32, 2 * 32 * 4 + 4 + 32
+    prompts = 2 * (2 * 32 + 32 * 32 + 32)
+    assert counts["zero-shot, AU texts"] == counts["zero-shot, class names"] == 0
+    assert counts["linear probe"] == 32 * 7 + 7
+    assert counts["ShA only"] == 2 * 2 * sha
+    assert counts["ShA + TDA"] == 2 * (sha + tda) + 2 * (sha + ad)
+    assert counts["PE-CLIP"] == counts["ShA + TDA"] + prompts
+    assert counts["PE-CLIP, TDA replaced by mean pooling"] == 2 * 2 * (sha + ad) + prompts
+    assert counts["prompts only (MaPLe)"] == prompts
+    assert counts["full fine-tuning"] == sum(p.numel() for p in _tiny_clip().parameters()) - 1   # all but logit_scale
+    with pytest.raises(ValueError, match="unknown PE-CLIP variant 'lora'"):
+        peclip.build_variant("lora", _tiny_clip(), tok, EXPRESSIONS)
+    with pytest.raises(ValueError, match="unknown class texts"):
+        peclip.class_texts("emoji", EXPRESSIONS)
+
+    # a toy ablation: the video's class is which frame is bright; selection on val, weights of that epoch restored
+    g = torch.Generator().manual_seed(0)
+    def toy(n):
+        y = torch.randint(0, 7, (n,), generator=g)
+        x = torch.randn(n, 7, 3, 16, 16, generator=g) * 0.1
+        x[torch.arange(n), y] += 1.0
+        return torch.utils.data.TensorDataset(x, y)
+    data = {"train": toy(56), "val": toy(21), "test": toy(21)}
+    load = lambda: type("L", (), {"model": _tiny_clip(), "tokenizer": staticmethod(tok)})()   # a fresh CLIP per run
+    v = {"ShA + TDA": peclip.VARIANTS["ShA + TDA"], "zero-shot, AU texts": peclip.VARIANTS["zero-shot, AU texts"]}
+    fit = FitConfig(epochs=3, batch_size=8, warmup_epochs=0, eval_every=1)
+    df = peclip.ablation(load, data, v, fit_cfg=fit, cfg=peclip.AblationConfig(depth=2), show_progress=False)
+    row = df.set_index("variant").loc["ShA + TDA"]
+    hist = row["history"]
+    best = max(hist, key=lambda h: (h["val_uar"], -h["epoch"]))
+    assert row["epoch"] == best["epoch"] and not any(k.startswith("test_") for h in hist for k in h)   # test once
+    from clipadapt.eval import uar_war
+    y = data["test"].tensors[1].numpy()
+    assert (row["uar"], row["war"]) == pytest.approx(uar_war(row["pred"], y, 7))   # the restored weights' scores
+    assert row["memory_mb"] > 0 and row["s_per_step"] > 0
+    assert np.isnan(df.set_index("variant").loc["zero-shot, AU texts"]["s_per_step"])
+
+
+def _fake_dfew(root, n_train, n_test, folds=(1,), n_frames=6, size=8):
+    """A few clips in DFEW's layout (Clip/clip_224x224/<id>/<frame>.jpg) and the official list format, with the
+    authors' absolute Windows paths; labels cycle through the 7 classes."""
+    from PIL import Image
+    base = root / "dfer" / "dfew"
+    (base / "annotation").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, n_train + n_test + 1):
+        folder = base / "Clip" / "clip_224x224" / f"{i:05d}"
+        folder.mkdir(parents=True)
+        for f in range(n_frames):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{f:05d}.jpg")
+    line = lambda i: f"D:/KmuProj2/Code4/DFEWdataset/Clip/clip_224x224/{i:05d} {n_frames} {i % 7}"
+    for fold in folds:
+        (base / "annotation" / f"DFEW_set_{fold}_train.txt").write_text("\n".join(line(i) for i in range(1, n_train + 1)) + "\n")
+        (base / "annotation" / f"DFEW_set_{fold}_test.txt").write_text(
+            "\n".join(line(i) for i in range(n_train + 1, n_train + n_test + 1)) + "\n")
+    return base
+
+
+def test_dfew_layout_reads_official_lists_samples_segments_and_names_the_fix_when_frames_are_missing(tmp_path):
+    from clipadapt.data import dfer
+    from clipadapt.data.real import DatasetMissingError
+    from clipadapt.models.loader import load_clip
+    assert dfer.segment_indices(48, 16).tolist() == [int(1.5 + 3 * k) for k in range(16)]   # centres
+    assert dfer.segment_indices(5, 8).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]                  # padded with the last
+    r = dfer.segment_indices(48, 16, np.random.default_rng(0))
+    assert all(3 * k <= i < 3 * (k + 1) for k, i in enumerate(r))                          # one per segment
+    base = _fake_dfew(tmp_path, n_train=10, n_test=3)
+    pre = load_clip("clipadapt-tiny", None).preprocess
+    sets = dfer.load_dfer("dfew", pre, fold=1, root=tmp_path, segments=4)
+    assert [len(sets[s]) for s in ("train", "val", "test")] == [9, 1, 3]
+    x, y = sets["test"][[0, 2]]
+    assert x.shape == (2, 4, 3, 48, 48) and y.tolist() == [4, 6]
+    # the AFEW lists number classes alphabetically: 0 is anger, which is index 3 in DFEW's order
+    (tmp_path / "dfer" / "afew" / "annotation").mkdir(parents=True)
+    (tmp_path / "dfer" / "afew" / "annotation" / "AFEW_train.txt").write_text("/x/AFEW_Face_Retina/a/1 10 0\n")
+    _, _, labels = dfer.read_list("afew", "train", root=tmp_path)
+    assert labels.tolist() == [3]
+    with pytest.raises(DatasetMissingError, match="prepare_dfer.py --dataset dfew"):
+        dfer.read_list("dfew", "train", fold=2, root=tmp_path)
+    import shutil
+    shutil.rmtree(base / "Clip" / "clip_224x224" / "00012")
+    with pytest.raises(DatasetMissingError, match="1 of 13 listed dfew clips are missing.*dfew-dataset.github.io"):
+        dfer.load_dfer("dfew", pre, root=tmp_path)
+    with pytest.raises(ValueError, match="known: dfew, ferv39k, afew"):
+        dfer.get_dfer("mafw")
+
+
+@pytest.mark.slow
+def test_chapter_paper_branch_runs_on_stand_ins(tmp_path, monkeypatch):
+    # the paper profile's chapter path (DFEW reader, validation selection, mixup, published-vs-ours table) on fake
+    # clips in DFEW's layout and the tiny CLIP saved as a local checkpoint; the numbers are meaningless here
+    from clipadapt import book
+    from clipadapt.models.loader import TINY_NAME, load_clip
+    from clipadapt.results import load_record
+    _fake_dfew(tmp_path, n_train=24, n_test=7, folds=(1, 2))
+    torch.save(load_clip(TINY_NAME, None).model.state_dict(), tmp_path / "w.pt")
+    monkeypatch.setenv("CLIPADAPT_RESULTS", str(tmp_path / "results"))
+    book.run_notebook(book.ROOT / "notebooks" / "01_peclip.ipynb", profile="paper", out_dir=tmp_path / "out",
+                      epochs=1, frames=4, folds=[1, 2], prompt_depth=2, paper_model=[TINY_NAME, str(tmp_path / "w.pt")],
+                      data_root=str(tmp_path), num_workers=0)
+    rec = load_record("01_peclip", "paper", tmp_path / "results")
+    runs = rec["tables"]["runs"]
+    assert {r["fold"] for r in runs} == {1, 2} and {r["variant"] for r in runs} == {
+        "zero-shot, class names", "zero-shot, AU texts", "PE-CLIP"}
+    assert all(0 <= r["uar"] <= 100 for r in runs)
+    assert [r["method"] for r in rec["tables"]["published"]][0] == "PE-CLIP"

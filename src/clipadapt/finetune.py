@@ -6,7 +6,10 @@ preprocessed images (ci: a few thousand small images, preprocessed once and shar
 that reads and transforms image files per batch (paper: VTAB test splits of up to 26k images at 224 px).
 
 Both the best accuracy over the evaluated epochs (what SPT's and NOAH's code report) and the last-epoch accuracy are
-returned, so a chapter can say which is which; on a GPU also the peak memory of training.
+returned, so a chapter can say which is which; on a GPU also the peak memory of training. With a validation set the
+loop instead selects the epoch that scores best on validation, puts its weights back and scores the test split once
+(model selection that does not look at the test split). Models that need their own optimiser groups (PE-CLIP: adapters and prompts at different rates)
+pass them as `param_groups`; `score` turns predictions into the metrics a chapter reports (accuracy, or UAR/WAR).
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ class FitConfig:
     eval_every: int = 10
     eval_last: int = 10
     num_workers: int = 0     # DataLoader workers (paper: reading and resizing JPEGs)
+    cosine_epochs: int | None = None   # length of the cosine (timm's t_initial); None: `epochs`
+    mixup: float = 0.0       # probability of mixup per batch (timm's Mixup, alpha 0.4 as PE-CLIP); 0: off
     seed: int = 0
 
     def evaluates(self, epoch: int) -> bool:
@@ -87,21 +92,36 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 256, num_workers:
     return pred
 
 
+def accuracy_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"acc": accuracy(pred, labels)}
+
+
 def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: FitConfig | None = None,
-                   show_progress: bool = False, desc: str = "fine-tune") -> dict:
-    """Train the parameters of `model` that require grad on `train`; accuracy (%) on `test`, losses and timings."""
+                   show_progress: bool = False, desc: str = "fine-tune", *, val: Dataset | None = None,
+                   param_groups: list[dict] | None = None,
+                   score: Callable[[np.ndarray, np.ndarray], dict[str, float]] = accuracy_score) -> dict:
+    """Train the parameters of `model` that require grad on `train`; scores on `test` (and `val`), losses, timings.
+
+    `score(pred, labels)` gives named metrics in %. Without `val`: "best" and "last", the first metric on test over
+    the evaluated epochs. With `val`: "selected", the test scores of the epoch whose first validation metric is best
+    (and its number), with that epoch's weights put back into `model`. `param_groups`: AdamW groups (each with its
+    own "lr"); default all trainable parameters at `cfg.lr`, without weight decay on SPT's NO_DECAY names."""
+    from timm.data import Mixup
     from timm.scheduler import CosineLRScheduler
     cfg = cfg or FitConfig()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter of the model requires grad")
     seed_everything(cfg.seed)
-    decay = [p for n, p in params if not any(k in n for k in NO_DECAY)]
-    no_decay = [p for n, p in params if any(k in n for k in NO_DECAY)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = CosineLRScheduler(opt, t_initial=cfg.epochs, lr_min=cfg.min_lr, warmup_t=cfg.warmup_epochs,
-                              warmup_lr_init=cfg.warmup_lr, warmup_prefix=False)
+    if param_groups is None:
+        param_groups = [{"params": [p for n, p in params if not any(k in n for k in NO_DECAY)],
+                         "weight_decay": cfg.weight_decay},
+                        {"params": [p for n, p in params if any(k in n for k in NO_DECAY)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in param_groups if g["params"]], lr=cfg.lr)
+    sched = CosineLRScheduler(opt, t_initial=cfg.cosine_epochs or cfg.epochs, lr_min=cfg.min_lr,
+                              warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr, warmup_prefix=False)
+    n_classes = int(labels_of(train).max()) + 1
+    mix = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, prob=cfg.mixup, num_classes=n_classes) if cfg.mixup else None
     dev = next(model.parameters()).device
     cuda = dev.type == "cuda"
     if cuda:
@@ -109,12 +129,18 @@ def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: FitConf
     g = torch.Generator().manual_seed(cfg.seed)
     y_test = labels_of(test).numpy()
     history, steps, t_train = [], 0, 0.0
+    kept = None   # with `val`: the trainable weights of the epoch that scores best on validation so far
     for epoch in progress(range(cfg.epochs), desc=desc, disable=not show_progress):
         sched.step(epoch)
         model.train()
         t0, losses = time.perf_counter(), []
         for x, y in batches(train, cfg.batch_size, g, cfg.num_workers):
-            loss = F.cross_entropy(model(x.to(dev)), y.to(dev))
+            x, y = x.to(dev), y.to(dev)
+            if mix is not None and len(y) % 2 == 0:   # timm's Mixup pairs the batch with its reverse
+                x, soft = mix(x, y)
+                loss = torch.sum(-soft * F.log_softmax(model(x), dim=1), dim=1).mean()
+            else:
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -122,10 +148,23 @@ def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: FitConf
             steps += 1
         t_train += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
-        if cfg.evaluates(epoch):
-            row["test_acc"] = accuracy(predict(model, test, num_workers=cfg.num_workers), y_test)
+        if cfg.evaluates(epoch) and val is None:
+            row.update({f"test_{k}": v for k, v in score(predict(model, test, num_workers=cfg.num_workers), y_test).items()})
+        elif cfg.evaluates(epoch):   # select on validation; keep the trainable weights of the best epoch so far
+            v_scores = score(predict(model, val, num_workers=cfg.num_workers), labels_of(val).numpy())
+            row.update({f"val_{k}": v for k, v in v_scores.items()})
+            if kept is None or next(iter(v_scores.values())) > kept[0]:
+                kept = (next(iter(v_scores.values())), epoch + 1, {n: p.detach().clone() for n, p in params})
         history.append(row)
-    accs = [h["test_acc"] for h in history if "test_acc" in h]
-    return {"best": max(accs), "last": history[-1]["test_acc"], "history": history,
-            "s_per_step": t_train / max(steps, 1), "s_per_epoch": t_train / cfg.epochs,
-            "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else float("nan")}
+    out = {"history": history, "s_per_step": t_train / max(steps, 1), "s_per_epoch": t_train / cfg.epochs,
+           "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else float("nan")}
+    if val is None:
+        evaluated = [h for h in history if any(k.startswith("test_") for k in h)]
+        first = next(k for k in evaluated[-1] if k.startswith("test_"))
+        out.update(best=max(h[first] for h in evaluated), last=evaluated[-1][first])
+    else:   # the first epoch with the best validation score: its weights back, then the test split once
+        with torch.no_grad():
+            for n, p in params:
+                p.copy_(kept[2][n])
+        out["selected"] = score(predict(model, test, num_workers=cfg.num_workers), y_test) | {"epoch": kept[1]}
+    return out

@@ -1,10 +1,10 @@
 """Short face videos for the PE-CLIP chapter's ci profile: seven DFEW expressions acted by AU dynamics.
 
 A clip is `frames` frames of one subject (an `Identity`). Each expression moves the Action Units of its FACS
-description (PE-CLIP's class texts, DFEW order) along an onset-apex-offset curve: a rise, a short apex at a random
-time, a decay. Outside the curve the face is near neutral, so a single random frame often shows nothing: the model
-has to find the apex in time. Head jitter (a few pixels) and sensor noise vary per frame; the classes are
-imbalanced as in DFEW, so UAR and WAR differ; subjects are disjoint between the train and test splits.
+description (PE-CLIP's class texts, DFEW order) along an onset-apex-offset curve: a rise of 2-4 frames, an apex of
+1-2 frames at a random time, a decay of 2-4 frames. Outside the curve the face is near neutral, so most frames of a
+16-frame clip show little: the model has to find the expression in time. Head jitter (a pixel) and sensor noise vary
+per frame; the classes are imbalanced as in DFEW, so UAR and WAR differ; subjects are disjoint between the splits.
 """
 from __future__ import annotations
 
@@ -59,20 +59,22 @@ def make_clips(n: int, frames: int = 16, seed: int = 0, subjects: range | None =
     apexes = np.zeros(n, np.int64)
     for i, (k, s) in enumerate(zip(labels, who)):
         apex = int(rng.integers(2, frames - 2))
-        env = envelope(frames, apex, rise=int(rng.integers(1, 4)), hold=int(rng.integers(0, 2)), fall=int(rng.integers(1, 4)))
+        env = envelope(frames, apex, rise=int(rng.integers(2, 5)), hold=int(rng.integers(1, 3)), fall=int(rng.integers(2, 5)))
         peak = rng.uniform(0.75, 1.0)
         base = rng.uniform(0.0, 0.15, len(AUS))
-        shift = rng.integers(-2, 3, size=(frames, 2))
+        shift = rng.integers(-1, 2, size=(frames, 2))
         for t in range(frames):
             aus = base.copy()
             for au in EXPRESSION_AUS[EXPRESSIONS[k]]:
                 aus[AUS.index(au)] = max(aus[AUS.index(au)], peak * env[t])
             im = np.roll(render_face(aus, ids[s]).astype(np.int16), tuple(shift[t]), axis=(0, 1))
-            out[i, t] = np.clip(im + rng.normal(0, 6, im.shape), 0, 255).astype(np.uint8)
+            out[i, t] = np.clip(im + rng.normal(0, 4, im.shape), 0, 255).astype(np.uint8)
         apexes[i] = apex
     return Clips(out, labels.astype(np.int64), who.astype(np.int64), apexes)
 
 
-def make_split(n_train: int, n_test: int, frames: int = 16, seed: int = 0) -> tuple[Clips, Clips]:
-    """Subject-independent train and test clips: subjects 0-29 train, 30-39 test."""
-    return (make_clips(n_train, frames, seed, range(0, 30)), make_clips(n_test, frames, seed + 1, range(30, 40)))
+def make_split(n_train: int, n_val: int, n_test: int, frames: int = 16, seed: int = 0) -> dict[str, Clips]:
+    """Subject-independent splits: subjects 0-24 train, 25-29 validation (model selection), 30-39 test."""
+    return {"train": make_clips(n_train, frames, seed, range(0, 25)),
+            "val": make_clips(n_val, frames, seed + 1, range(25, 30)),
+            "test": make_clips(n_test, frames, seed + 2, range(30, 40))}

@@ -17,9 +17,13 @@ that behaviour for the chapter's comparison.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
 REDUCTION = 8
 
@@ -75,11 +79,13 @@ def _blocks(tower: nn.Module):
 
 
 def add_adapters(model: nn.Module, temporal: str = "tda", text: bool = True, reduction: int = REDUCTION,
-                 leak_across_videos: bool = False) -> nn.Module:
+                 leak_across_videos: bool = False, sha: bool = True) -> nn.Module:
     """Insert PE-CLIP's adapters into an open_clip CLIP in place and freeze everything else.
 
-    temporal: "tda" (the Temporal Dynamic Adapter after every image-tower MLP), "adapter" (a plain adapter there:
-    the ablation without temporal modelling) or "none" (ShA only). text: adapters in the text tower too.
+    temporal, the slot after the MLP: "tda" (the Temporal Dynamic Adapter in the image tower, a plain adapter in the
+    text tower: PE-CLIP), "adapter" (plain adapters in both: the ablation without temporal modelling, where frames
+    only meet in the final mean) or "none" (nothing after the MLP). sha: the Shared Adapter after self-attention.
+    text: adapters in the text tower too.
     """
     if temporal not in ("tda", "adapter", "none"):
         raise ValueError(f"unknown temporal adapter {temporal!r}; use 'tda', 'adapter' or 'none'")
@@ -88,10 +94,11 @@ def add_adapters(model: nn.Module, temporal: str = "tda", text: bool = True, red
     for tower, is_vision in towers:
         for blk in _blocks(tower):
             d = blk.ln_1.normalized_shape[0]
-            blk.ls_1 = nn.Sequential(blk.ls_1, Adapter(d, reduction))
+            if sha:
+                blk.ls_1 = nn.Sequential(blk.ls_1, Adapter(d, reduction))
             if is_vision and temporal == "tda":
                 blk.ls_2 = nn.Sequential(blk.ls_2, TemporalAdapter(d, reduction, leak_across_videos))
-            elif not is_vision or temporal == "adapter":
+            elif temporal != "none":
                 blk.ls_2 = nn.Sequential(blk.ls_2, Adapter(d, reduction))
     return model
 
@@ -137,10 +144,10 @@ class PEClip(nn.Module):
     class (FACS AU descriptions by default). forward(frames: videos x T x 3 x H x W, preprocessed) -> logits."""
 
     def __init__(self, clip: nn.Module, tokenizer, class_texts, temporal: str = "tda", text_adapters: bool = True,
-                 adapters: bool = True, prompts: bool = True, n_ctx: int = 2, depth: int = 9):
+                 adapters: bool = True, prompts: bool = True, n_ctx: int = 2, depth: int = 9, sha: bool = True):
         from ..models.prompts import MultiModalPrompts
         super().__init__()
-        self.clip = add_adapters(clip, temporal, text_adapters) if adapters else clip.requires_grad_(False)
+        self.clip = add_adapters(clip, temporal, text_adapters, sha=sha) if adapters else clip.requires_grad_(False)
         self.prompts = MultiModalPrompts(clip, n_ctx, depth) if prompts else None
         prefix = f"{self.prompts.placeholder} " if prompts else ""
         self.register_buffer("tokens", tokenizer([prefix + t for t in class_texts]), persistent=False)
@@ -158,3 +165,171 @@ class PEClip(nn.Module):
             video = encode_video(self.clip, frames)
             text = F.normalize(self.clip.encode_text(self.tokens), dim=-1)
         return video @ text.T / TEMPERATURE
+
+
+# ---- the chapter's ablation: what trains, every row measured the same way
+
+NAME_TEMPLATE = "an expression of {}."   # the official `class_names_with_context_7` wording
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation. train: "none" (zero-shot), "probe" (a linear head on frozen mean-pooled frame
+    features), "peft" (adapters and/or prompts, as chosen below) or "full" (every weight of both towers).
+    texts: "au" (FACS descriptions, PE-CLIP) or "names" ("an expression of happiness.")."""
+    train: str = "peft"
+    texts: str = "au"
+    adapters: bool = True
+    sha: bool = True
+    temporal: str = "tda"
+    prompts: bool = True
+
+
+VARIANTS: dict[str, Variant] = {
+    "zero-shot, class names": Variant(train="none", texts="names"),
+    "zero-shot, AU texts": Variant(train="none"),
+    "linear probe": Variant(train="probe"),
+    "prompts only (MaPLe)": Variant(adapters=False),
+    "ShA only": Variant(temporal="none", prompts=False),
+    "ShA + TDA": Variant(prompts=False),
+    "PE-CLIP": Variant(),
+    "PE-CLIP, TDA replaced by mean pooling": Variant(temporal="adapter"),
+    "full fine-tuning": Variant(train="full"),
+}
+TRAIN_KINDS = ("none", "probe", "peft", "full")
+
+
+class LinearProbe(nn.Module):
+    """A linear classifier on the frozen CLIP's mean-pooled, L2-normalised frame embeddings."""
+
+    def __init__(self, clip: nn.Module, n_classes: int):
+        super().__init__()
+        self.clip = clip.requires_grad_(False)
+        self.head = nn.Linear(clip.visual.output_dim, n_classes)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            video = encode_video(self.clip, frames)
+        return self.head(video)
+
+
+def class_texts(kind: str, expressions) -> list[str]:
+    """The text per class: FACS AU descriptions (PE-CLIP, DFEW order) or the class names in the official template."""
+    from ..data.clips import AU_DESCRIPTIONS, EXPRESSIONS
+    if kind == "au":
+        if tuple(expressions) != EXPRESSIONS:
+            raise ValueError(f"AU descriptions exist for the 7 DFEW classes in DFEW order {EXPRESSIONS}; got {expressions}")
+        return list(AU_DESCRIPTIONS)
+    if kind == "names":
+        return [NAME_TEMPLATE.format(e) for e in expressions]
+    raise ValueError(f"unknown class texts {kind!r}; use 'au' or 'names'")
+
+
+def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expressions, n_ctx: int = 2,
+                  depth: int = 9) -> nn.Module:
+    """The model of one ablation row around a fresh CLIP; forward(frames: videos x T x 3 x H x W) -> logits."""
+    if isinstance(variant, str):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown PE-CLIP variant {variant!r}; known: {', '.join(VARIANTS)}")
+        variant = VARIANTS[variant]
+    if variant.train not in TRAIN_KINDS:
+        raise ValueError(f"unknown training kind {variant.train!r}; use one of {TRAIN_KINDS}")
+    if variant.train == "probe":
+        return LinearProbe(clip, len(expressions))
+    texts = class_texts(variant.texts, expressions)
+    if variant.train in ("none", "full"):
+        model = PEClip(clip, tokenizer, texts, adapters=False, prompts=False)
+        if variant.train == "full":
+            for n, p in model.clip.named_parameters():
+                p.requires_grad_(n != "logit_scale")   # the logits use PE-CLIP's fixed temperature
+        return model
+    return PEClip(clip, tokenizer, texts, temporal=variant.temporal, adapters=variant.adapters,
+                  prompts=variant.prompts, n_ctx=n_ctx, depth=depth, sha=variant.sha)
+
+
+def video_dataset(frames: np.ndarray, labels, preprocess) -> TensorDataset:
+    """In-memory clips (uint8 n x T x H x W x 3) preprocessed once: a list-indexed dataset of (n x T x 3 x S x S)."""
+    from ..models.loader import preprocess_batch
+    n, t = frames.shape[:2]
+    x = preprocess_batch(preprocess, frames.reshape(n * t, *frames.shape[2:]))
+    return TensorDataset(x.reshape(n, t, *x.shape[1:]), torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+@dataclass
+class AblationConfig:
+    """Learning rates per kind of training (paper: the official AdamW groups; full fine-tuning at DFER-CLIP's
+    image-encoder rate) and the prompt shape. The schedule, epochs and batch size live in the FitConfig."""
+    lr_adapters: float = 2e-4
+    lr_prompts: float = 3e-5
+    lr_full: float = 1e-5
+    lr_probe: float = 1e-3
+    weight_decay: float = 1e-2
+    n_ctx: int = 2
+    depth: int = 9
+
+
+def _groups(model: nn.Module, v: Variant, cfg: AblationConfig) -> list[dict]:
+    if v.train == "probe":
+        return [{"params": list(model.head.parameters()), "lr": cfg.lr_probe, "weight_decay": cfg.weight_decay}]
+    if v.train == "full":
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr_full,
+                 "weight_decay": cfg.weight_decay}]
+    return model.param_groups(cfg.lr_adapters, cfg.lr_prompts, cfg.weight_decay)
+
+
+def uar_war_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from ..eval import uar_war
+    uar, war = uar_war(pred, labels, N_CLASSES)
+    return {"uar": uar, "war": war}
+
+
+N_CLASSES = 7
+
+
+def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, seeds=(0,), fit_cfg=None,
+             cfg: AblationConfig | None = None, expressions=None, show_progress: bool = True, keep=()):
+    """Train and test every variant from a fresh CLIP per seed. `load_clip()` returns a `LoadedCLIP`; `data` has
+    list-indexed "train", "val" and "test" video datasets. The model is selected on validation UAR (the official
+    script selects on the test split). Rows: variant, seed, UAR and WAR (%) of the selected epoch, trainable
+    parameters, training memory of one step (MiB: weights, gradients + Adam state, saved activations), seconds per
+    step, and the test predictions (for the confusion matrix); for the variants named in `keep`, the trained model of
+    the first seed (column "model")."""
+    import dataclasses
+    import time
+
+    import pandas as pd
+
+    from ..bench import count_parameters, training_memory
+    from ..data.clips import EXPRESSIONS
+    from ..finetune import FitConfig, batches, fit_classifier, predict
+    from ..utils import progress, seed_everything
+    variants = variants or VARIANTS
+    cfg, fit_cfg = cfg or AblationConfig(), fit_cfg or FitConfig()
+    expressions = tuple(expressions or EXPRESSIONS)
+    y_test = data["test"].tensors[1].numpy() if hasattr(data["test"], "tensors") else np.asarray(data["test"].labels)
+    rows = []
+    jobs = [(label, seed) for label in variants for seed in seeds]
+    for label, seed in progress(jobs, desc="PE-CLIP ablation", disable=not show_progress):
+        seed_everything(seed)
+        v = variants[label]
+        bb = load_clip()
+        model = build_variant(v, bb.model, bb.tokenizer, expressions, cfg.n_ctx, cfg.depth)
+        row = {"variant": label, "seed": seed, "trainable": count_parameters(model).trainable}
+        x0, y0 = next(iter(batches(data["train"], fit_cfg.batch_size)))
+        if v.train == "none":
+            t0 = time.perf_counter()
+            pred = predict(model, data["test"], batch_size=fit_cfg.batch_size)
+            row.update(uar_war_score(pred, y_test), epoch=0, s_per_step=float("nan"),
+                       memory_mb=float("nan"), eval_s=time.perf_counter() - t0)
+        else:
+            mem = training_memory(model, lambda: F.cross_entropy(model(x0), y0))
+            groups = _groups(model, v, cfg)
+            r = fit_classifier(model, data["train"], data["test"], dataclasses.replace(fit_cfg, seed=seed),
+                               val=data["val"], param_groups=groups, score=uar_war_score)
+            pred = predict(model, data["test"], batch_size=fit_cfg.batch_size)   # the selected epoch's weights
+            row.update(r["selected"], s_per_step=r["s_per_step"], memory_mb=mem["total_mb"], history=r["history"])
+        row["pred"] = pred
+        if label in keep and seed == seeds[0]:
+            row["model"] = model
+        rows.append(row)
+    return pd.DataFrame(rows)
