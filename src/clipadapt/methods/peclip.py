@@ -301,12 +301,12 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
 
     from ..bench import count_parameters, training_memory
     from ..data.clips import EXPRESSIONS
-    from ..finetune import FitConfig, batches, fit_classifier, predict
+    from ..finetune import FitConfig, batches, fit_classifier, labels_of, predict
     from ..utils import progress, seed_everything
     variants = variants or VARIANTS
     cfg, fit_cfg = cfg or AblationConfig(), fit_cfg or FitConfig()
     expressions = tuple(expressions or EXPRESSIONS)
-    y_test = data["test"].tensors[1].numpy() if hasattr(data["test"], "tensors") else np.asarray(data["test"].labels)
+    y_test = labels_of(data["test"]).numpy()
     rows = []
     jobs = [(label, seed) for label in variants for seed in seeds]
     for label, seed in progress(jobs, desc="PE-CLIP ablation", disable=not show_progress):
