@@ -172,3 +172,31 @@ def test_peclip_claims_on_ci(built_book):
     html = (built_book / "notebooks" / "01_peclip.html").read_text()
     assert f"{m['uar[PE-CLIP]']:.1f}%" in html and "62.82" in html and "not run" in html
     assert html.count("<img") >= 3
+
+
+@pytest.mark.slow
+def test_vlpet_claims_on_ci(built_book):
+    """VL-PET on the micro-world tasks (600 examples per task, 10 epochs; 2 seeds for the rows the claim compares).
+
+    The paper's claim (VL-PET-large above VL-Adapter and LoRA on the average) did not reproduce at this scale when the
+    test was set: VL-PET-large minus VL-Adapter -24.7 / -17.2 per seed, minus LoRA -15.0 / -11.7. The test guards
+    what the chapter's prose says about the run: full fine-tuning first by far (+63 over the next row), the claim's
+    gaps negative, every parameter-efficient method below the untrained model's caption CIDEr (691 against at most
+    510), every gated variant below VL-Adapter on captions (by 26 or more), and VL-PET-large's loss on the first batch
+    above VL-Adapter's (1.08 against 0.95). If a change makes the claim reproduce, this test fails and the prose must be revisited."""
+    m = load_record("02_vlpet", "ci", book.ROOT / "results")["metrics"]
+    rows = {k[len("average["):-1] for k in m if k.startswith("average[")}
+    pet = rows - {"full", "pretrained, no training"}
+    assert {"vl-pet-large", "vl-adapter", "lora", "bitfit", "prompt"} <= pet, rows
+    assert all(m["average[full]"] >= m[f"average[{x}]"] + 20 for x in pet), m
+    assert m["average_gain_mean[vs vl-adapter]"] < 0 and m["average_gain_mean[vs lora]"] < 0, m
+    assert all(m[f"caption[{x}]"] < m["caption[pretrained, no training]"] for x in pet), m
+    gated = {x for x in pet if x.startswith("vl-pet") or x == "vl-adapter+g-large"}
+    assert all(m[f"caption[{x}]"] < m["caption[vl-adapter]"] for x in gated), m
+    assert m["first_loss[vl-pet-large]"] > m["first_loss[vl-adapter]"], m
+    html = (built_book / "notebooks" / "02_vlpet.html").read_text()
+    both = ("vs vl-adapter", "vs lora")
+    verdict = ("held on every seed" if min(m[f"average_gain_min[{c}]"] for c in both) > 0 else
+               "held on no seed" if max(m[f"average_gain_max[{c}]"] for c in both) <= 0 else "held on some seeds only")
+    assert verdict in html and f"{m['average[vl-pet-large]']:.1f}" in html and "79.18" in html
+    assert "not run on this profile" in html and html.count("<img") >= 4

@@ -101,3 +101,20 @@ def class_alignment(model, tokenizer, preprocess, images, labels, classnames, te
         sel = torch.from_numpy(labels == k)
         out.append(float(F.cosine_similarity(img[sel].mean(0), txt[k], dim=0)) if sel.any() else float("nan"))
     return np.array(out)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation dropped, spaces collapsed: how generated answers and captions are compared."""
+    import re
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def cider(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus CIDEr-D x 100 (the captioning number of VL-T5 / VL-PET) with pycocoevalcap's maintained scorer, on
+    normalised text. IDF comes from the references of the set scored, as in the COCO evaluation."""
+    from pycocoevalcap.cider.cider import Cider
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    gts = {i: [normalize_answer(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [normalize_answer(p)] for i, p in enumerate(predictions)}
+    return float(Cider().compute_score(gts, res)[0] * 100.0)

@@ -1,0 +1,497 @@
+"""VL-PET: Vision-and-Language Parameter-Efficient Tuning via Granularity Control.
+
+Zi-Yuan Hu, Yanyang Li, Michael R. Lyu, Liwei Wang. ICCV 2023, arXiv 2308.09804.
+Official code: https://github.com/HenryHZY/VL-PET (`src/my_transformers/modeling_bart.py`, `modeling_t5.py`,
+`src/trainer_base.py`, `scripts/image-text/*.sh`).
+
+In every encoder layer, after self-attention and after the FFN, the frozen sublayer output H becomes
+H' = H + W_up GELU(concat_i W_down^i H) (a multi-head down-projection adapter) and the layer adds H' ⊙ G (· s) to
+its input X before the LayerNorm, where the granularity-controlled matrix G is
+- large:   σ(W_g,up GELU(W_g,down X)), one value per token and dimension;
+- middleX: σ(wᵀ(X + H') + b), one value per token;
+- middleY: 1 + z with z ∈ R^d (init N(0, 0.02)), one value per dimension (the code has no sigmoid, unlike Fig. 3);
+- small:   the token mean of σ(wᵀ[X; H'] + b), one value per sample.
+The decoder keeps its self-attention and FFN; only the cross-attention value projection gets a parallel adapter
+(V = W_v E + W_up GELU(W_down E)). Encoder LayerNorms and the visual projector train too.
+
+Baselines of the paper's Table 2, as its scripts set them: full fine-tuning, VL-Adapter (a sequential adapter after
+every sublayer of encoder and decoder, reduction 8, all LayerNorms trainable), LoRA (peft; q and v of every
+attention, rank d/6 with alpha r/4 as rank 128 / alpha 32 on BART-base, plus all biases), BitFit (every bias) and
+prompt tuning (40 prompt vectors through an MLP, before the text). `vl-adapter+g-large` is Table 9's transfer: the
+VL-Adapter adapter made gated and lightweight (single-head down-projection, large gate, the decoder design above).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+GRANULARITIES = ("large", "middlex", "middley", "small")
+METHODS = ("full", "vl-adapter", "lora", "bitfit", "prompt") + tuple(f"vl-pet-{g}" for g in GRANULARITIES) + (
+    "vl-adapter+g-large",)
+
+# The paper's Table 2 (image-text, mean of 3 seeds; VQA / GQA / NLVR2 accuracy %, COCO Karpathy-test CIDEr, their
+# average), read from the official repository's images/result.png; BART-base baselines re-run by the authors, T5-base
+# baselines copied from LST. Table 9 (images/apply.png) gives "VL-Adapter + G_large + LW": 4.16%, average 78.47.
+PUBLISHED = {
+    ("bart-base", "full"): (100, 66.88, 56.79, 73.66, 112.01, 77.33),
+    ("bart-base", "bitfit"): (1.21, 52.94, 43.15, 52.29, 111.44, 64.96),
+    ("bart-base", "prompt"): (2.00, 44.12, 36.37, 51.34, 105.02, 59.21),
+    ("bart-base", "lora"): (5.93, 65.15, 53.66, 72.58, 115.01, 76.60),
+    ("bart-base", "vl-adapter"): (4.18, 65.76, 54.16, 73.19, 114.61, 76.93),
+    ("bart-base", "vl-pet-small"): (2.98, 65.43, 54.03, 72.43, 120.68, 78.14),
+    ("bart-base", "vl-pet-middlex"): (2.98, 65.54, 54.53, 72.66, 120.72, 78.37),
+    ("bart-base", "vl-pet-middley"): (2.98, 65.36, 53.83, 73.43, 120.31, 78.23),
+    ("bart-base", "vl-pet-large"): (4.16, 66.17, 55.11, 73.43, 122.03, 79.18),
+    ("bart-base", "vl-adapter+g-large"): (4.16, None, None, None, None, 78.47),
+    ("t5-base", "full"): (100, 67.10, 56.30, 74.30, 112.20, 77.50),
+    ("t5-base", "bitfit"): (0.83, 55.10, 45.50, 51.70, 101.20, 63.40),
+    ("t5-base", "prompt"): (1.26, 47.40, 40.60, 51.00, 96.10, 58.80),
+    ("t5-base", "lora"): (7.54, 63.70, 53.30, 70.00, 110.30, 74.30),
+    ("t5-base", "vl-adapter"): (7.98, 67.10, 56.00, 72.70, 111.80, 76.90),
+    ("t5-base", "vl-pet-small"): (4.51, 65.88, 54.96, 72.64, 120.05, 78.38),
+    ("t5-base", "vl-pet-middlex"): (4.50, 66.63, 55.87, 74.11, 120.41, 79.26),
+    ("t5-base", "vl-pet-middley"): (4.50, 66.62, 55.87, 73.91, 120.26, 79.17),
+    ("t5-base", "vl-pet-large"): (7.31, 66.95, 56.06, 73.42, 121.66, 79.52),
+}
+PUBLISHED_COLUMNS = ("trainable %", "VQA", "GQA", "NLVR2", "COCO CIDEr", "average")
+SAME_SETUP = {("t5-base", m) for m in ("prompt",) + tuple(f"vl-pet-{g}" for g in ("large", "middlex", "middley",
+                                                                                    "small"))}
+
+
+@dataclass(frozen=True)
+class VLPETConfig:
+    """Sizes are reductions of d_model so one config fits BART-base (d = 768) and the tiny ci model alike."""
+    granularity: str | None = "large"  # None: an ungated adapter
+    adapter_reduction: int = 8         # r = d / 8: 96 on BART-base (official 96); T5-base uses 4 (192)
+    heads: int = 4                     # down-projection heads (official 4); 1 for Table 9's VL-Adapter + G
+    gate_reduction: int = 8            # r_g of the large gate: 96 on BART-base; T5 4 (192)
+    scale: float = 1.0                 # s: 1 for BART, 0.3 for T5
+    decoder_reduction: int = 8         # the cross-attention value adapter: 96 on BART-base (both backbones)
+    lightweight_decoder: bool = True   # only the value adapter in the decoder (the paper's design)
+    zero_init_up: bool = False         # zero up-projections (the official T5 scripts; BART keeps normal init)
+
+
+T5_PRESET = VLPETConfig(adapter_reduction=4, gate_reduction=4, scale=0.3, zero_init_up=True)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    adapter_reduction: int = 8         # VL-Adapter: 768 -> 96
+    lora_rank_reduction: int = 6       # LoRA rank d / 6: 128 on BART-base
+    prompt_len: int = 40               # prompt tuning: 40 vectors ...
+    prompt_mid_ratio: float = 800 / 768  # ... through a d -> 800 -> d MLP on BART-base
+
+
+def _init(linear: nn.Linear, zero: bool = False) -> nn.Linear:
+    """transformers' init for new layers (normal 0.02, zero bias), or all zeros."""
+    nn.init.normal_(linear.weight, std=0.02) if not zero else nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class MultiHeadAdapter(nn.Module):
+    """ΔH = W_up GELU(concat_i W_down^i H): `heads` down-projections d -> r/heads of the whole H, one up r -> d."""
+
+    def __init__(self, d: int, r: int, heads: int = 1, zero_up: bool = False):
+        super().__init__()
+        if r % heads:
+            raise ValueError(f"adapter size {r} is not divisible by {heads} heads")
+        self.down = nn.ModuleList(_init(nn.Linear(d, r // heads)) for _ in range(heads))
+        self.act = ACT2FN["gelu_new"]
+        self.up = _init(nn.Linear(r, d), zero_up)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(torch.cat([down(h) for down in self.down], -1)))
+
+
+class Gate(nn.Module):
+    """The granularity-controlled matrix G(X, H'); its shape says the granularity (see the module docstring)."""
+
+    def __init__(self, granularity: str, d: int, r_gate: int, zero_up: bool = False):
+        super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")
+        self.granularity = granularity
+        if granularity == "large":
+            self.down = _init(nn.Linear(d, r_gate))
+            self.act = ACT2FN["gelu_new"]
+            self.up = _init(nn.Linear(r_gate, d), zero_up)
+        elif granularity == "middlex":
+            self.w = _init(nn.Linear(d, 1))
+        elif granularity == "middley":
+            self.z = nn.Parameter(torch.randn(d) * 0.02)
+        else:
+            self.w = _init(nn.Linear(2 * d, 1))
+
+    def forward(self, x: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+        g = self.granularity
+        if g == "large":
+            return torch.sigmoid(self.up(self.act(self.down(x))))          # B x N x d
+        if g == "middlex":
+            return torch.sigmoid(self.w(x + h2))                           # B x N x 1
+        if g == "middley":
+            return 1 + self.z                                              # d
+        return torch.sigmoid(self.w(torch.cat([x, h2], -1))).mean(1, keepdim=True)  # B x 1 x 1
+
+
+class PETModule(nn.Module):
+    """H -> H' ⊙ G · s with H' = H + adapter(H); without a gate, the plain sequential adapter H -> H'."""
+
+    def __init__(self, d: int, r: int, heads: int, gate: Gate | None, scale: float = 1.0, zero_up: bool = False):
+        super().__init__()
+        self.adapter = MultiHeadAdapter(d, r, heads, zero_up)
+        self.gate = gate
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        h2 = h + self.adapter(h)
+        return h2 if self.gate is None else h2 * self.gate(x, h2) * self.scale
+
+
+class PETAttention(nn.Module):
+    """An attention module whose output passes through a PET module; X is the attention's own input."""
+
+    def __init__(self, attn: nn.Module, pet: PETModule):
+        super().__init__()
+        self.inner, self.pet = attn, pet
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.inner(hidden_states, *args, **kwargs)
+        return (self.pet(hidden_states, out[0]),) + tuple(out[1:])
+
+
+class PETFeedForward(nn.Module):
+    """A feed-forward block (T5's DenseReluDense) whose output passes through a PET module."""
+
+    def __init__(self, ffn: nn.Module, pet: PETModule):
+        super().__init__()
+        self.inner, self.pet = ffn, pet
+
+    def forward(self, x):
+        return self.pet(x, self.inner(x))
+
+
+class _Tap(nn.Module):
+    """BART's fc1 that remembers its input (the FFN's X) for the PET module on fc2."""
+
+    def __init__(self, fc1: nn.Linear):
+        super().__init__()
+        self.inner, self.x = fc1, None
+
+    def forward(self, x):
+        self.x = x
+        return self.inner(x)
+
+
+class PETFc2(nn.Module):
+    def __init__(self, fc2: nn.Linear, tap: _Tap, pet: PETModule):
+        super().__init__()
+        self.inner, self.pet = fc2, pet
+        self._tap = [tap]  # a list, so the tap is not registered twice as a submodule
+
+    def forward(self, h):
+        x, self._tap[0].x = self._tap[0].x, None
+        return self.pet(x, self.inner(h))
+
+
+class ValueParallelAdapter(nn.Module):
+    """V = W_v E + W_up GELU(W_down E): the frozen value projection plus a parallel bottleneck."""
+
+    def __init__(self, v: nn.Linear, r: int, zero_up: bool = False):
+        super().__init__()
+        d = v.in_features
+        self.inner = v
+        self.down = _init(nn.Linear(d, r))
+        self.act = ACT2FN["gelu"]
+        self.up = _init(nn.Linear(r, v.out_features), zero_up)
+
+    def forward(self, e):
+        return self.inner(e) + self.up(self.act(self.down(e)))
+
+
+def _is_t5(lm) -> bool:
+    return lm.config.model_type in ("t5", "mt5")
+
+
+def _sublayers(lm):
+    """(encoder layers, decoder layers) of a BART or T5 model."""
+    if _is_t5(lm):
+        return lm.encoder.block, lm.decoder.block
+    return lm.model.encoder.layers, lm.model.decoder.layers
+
+
+def _wrap_ffn(layer, lm, make_pet) -> None:
+    """Put a PET module on the FFN output of a BART or T5 layer."""
+    if _is_t5(lm):
+        ff = layer.layer[-1]
+        ff.DenseReluDense = PETFeedForward(ff.DenseReluDense, make_pet())
+    else:
+        tap = _Tap(layer.fc1)
+        layer.fc1 = tap
+        layer.fc2 = PETFc2(layer.fc2, tap, make_pet())
+
+
+def _wrap_attn(owner, attr: str, make_pet) -> None:
+    setattr(owner, attr, PETAttention(getattr(owner, attr), make_pet()))
+
+
+def add_vlpet(lm, cfg: VLPETConfig) -> None:
+    """Insert VL-PET modules into a BART or T5 `lm` in place (encoder: after self-attention and FFN; decoder: the
+    cross-attention value adapter, or VL-Adapter's three adapters when `lightweight_decoder` is False)."""
+    d = lm.config.d_model
+    r, rg, rd = d // cfg.adapter_reduction, d // cfg.gate_reduction, d // cfg.decoder_reduction
+
+    def make_pet(gated=True):
+        gate = Gate(cfg.granularity, d, rg, cfg.zero_init_up) if (gated and cfg.granularity) else None
+        return PETModule(d, r, cfg.heads, gate, cfg.scale if gate is not None else 1.0, cfg.zero_init_up)
+
+    enc, dec = _sublayers(lm)
+    for layer in enc:
+        if _is_t5(lm):
+            _wrap_attn(layer.layer[0], "SelfAttention", make_pet)
+        else:
+            _wrap_attn(layer, "self_attn", make_pet)
+        _wrap_ffn(layer, lm, make_pet)
+    for layer in dec:
+        if cfg.lightweight_decoder:
+            attn = layer.layer[1].EncDecAttention if _is_t5(lm) else layer.encoder_attn
+            name = "v" if _is_t5(lm) else "v_proj"
+            setattr(attn, name, ValueParallelAdapter(getattr(attn, name), rd, cfg.zero_init_up))
+        else:  # VL-Adapter's decoder: after self-attention, cross-attention and the FFN, no gate
+            plain = lambda: make_pet(gated=False)  # noqa: E731
+            if _is_t5(lm):
+                _wrap_attn(layer.layer[0], "SelfAttention", plain)
+                _wrap_attn(layer.layer[1], "EncDecAttention", plain)
+            else:
+                _wrap_attn(layer, "self_attn", plain)
+                _wrap_attn(layer, "encoder_attn", plain)
+            _wrap_ffn(layer, lm, plain)
+
+
+def _is_layer_norm(name: str) -> bool:
+    return "layer_norm" in name or "layernorm" in name
+
+
+def trainable_names(method: str, model) -> list[str]:
+    """The parameter names `method` trains on a `VLModel` (after `apply_method`): the official scripts' sets."""
+    names = [n for n, _ in model.named_parameters()]
+    added = ("adapter.", "gate.", ".pet.", "lora_", ".down.", ".up.")
+    visual = [n for n in names if n.startswith("visual.")]
+    if method == "full":
+        return names
+    if method.startswith("vl-pet") or method == "vl-adapter+g-large":
+        return visual + [n for n in names if n.startswith("lm.") and (
+            any(a in n for a in added) or ("encoder." in n and _is_layer_norm(n)))]
+    if method == "vl-adapter":
+        return visual + [n for n in names if n.startswith("lm.") and (any(a in n for a in added) or _is_layer_norm(n))]
+    if method == "lora":
+        return visual + [n for n in names if n.startswith("lm.") and ("lora_" in n or n.endswith("bias"))]
+    if method == "bitfit":
+        return visual + [n for n in names if n.startswith("lm.") and n.endswith("bias")]
+    if method == "prompt":
+        return visual + [n for n in names if n.startswith("prompt")]
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
+class PromptMLP(nn.Module):
+    """Prompt tuning's prefix: 40 embeddings through Linear -> Tanh -> Linear (VL-Adapter's PromptController)."""
+
+    def __init__(self, d: int, length: int, mid: int):
+        super().__init__()
+        self.embed = nn.Embedding(length, d)
+        self.mlp = nn.Sequential(nn.Linear(d, mid), nn.Tanh(), nn.Linear(mid, d))
+
+    def forward(self) -> torch.Tensor:
+        return self.mlp(self.embed.weight)
+
+
+def apply_method(model, method: str, cfg: VLPETConfig | None = None, base: BaselineConfig = BaselineConfig()):
+    """Turn a `VLModel` into `method` in place: insert its modules, freeze everything else. Returns the model."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    lm = model.lm
+    d = lm.config.d_model
+    t5 = _is_t5(lm)
+    cfg = cfg or (T5_PRESET if t5 else VLPETConfig())
+    if method.startswith("vl-pet-"):
+        add_vlpet(lm, replace(cfg, granularity=method.removeprefix("vl-pet-")))
+    elif method == "vl-adapter+g-large":
+        add_vlpet(lm, replace(cfg, granularity="large", heads=1, adapter_reduction=base.adapter_reduction))
+    elif method == "vl-adapter":
+        add_vlpet(lm, replace(cfg, granularity=None, heads=1, adapter_reduction=base.adapter_reduction,
+                              lightweight_decoder=False, zero_init_up=False))
+    elif method == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+        r = d // base.lora_rank_reduction
+        targets = ["q", "v"] if t5 else ["q_proj", "v_proj"]
+        inject_adapter_in_model(LoraConfig(r=r, lora_alpha=r / 4, lora_dropout=0.1, target_modules=targets), lm)
+    elif method == "prompt":
+        model.prompt_mlp = PromptMLP(d, base.prompt_len, round(d * base.prompt_mid_ratio))
+    keep = set(trainable_names(method, model))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in keep)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# multi-task training and evaluation
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The official image-text recipe (scripts/image-text/*.sh, src/param.py): AdamW (eps 1e-6, wd 0.01, none on
+    biases and LayerNorms), linear warm-up over 10% then linear decay, gradient clipping 5, 20 epochs, batch 500,
+    lr 1e-3 (full fine-tuning 1e-4; T5 3e-4); beam 5 for captions, greedy answers, NLVR by the likelier of
+    true / false."""
+    epochs: int = 20
+    batch_size: int = 500
+    lr: float = 1e-3
+    lr_full: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    clip_grad: float = 5.0
+    num_beams: int = 5
+    max_new_tokens: int = 20
+    eval_batch: int = 256
+
+
+def _optimizer(model, cfg: TrainConfig, lr: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if (n.endswith("bias") or _is_layer_norm(n) or ".feat.1." in n) else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, eps=1e-6)
+
+
+def task_batches(split, batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """One epoch of batches, each from a single task (as the official MultitaskLoader), in a shuffled order."""
+    from ..data.vltasks import TASKS
+    out = []
+    for task in TASKS:
+        idx = [i for i, e in enumerate(split.examples) if e.task == task]
+        perm = torch.randperm(len(idx), generator=gen).tolist()
+        out += [[idx[j] for j in perm[b:b + batch_size]] for b in range(0, len(idx), batch_size)]
+    return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
+
+
+def train_vl(model, split, feats: torch.Tensor, cfg: TrainConfig, seed: int = 0, show_progress: bool = False,
+             desc: str = "train", lr: float | None = None) -> list[float]:
+    """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved); the loss per
+    step."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from ..models.seq2seq import collate
+    from ..utils import progress, seed_everything
+    seed_everything(seed)
+    opt = _optimizer(model, cfg, lr if lr is not None else cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    epochs = [task_batches(split, cfg.batch_size, gen) for _ in range(cfg.epochs)]
+    total = sum(len(e) for e in epochs)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    model.train()
+    bar = progress(total=total, desc=desc, disable=not show_progress, leave=False)
+    for epoch in epochs:
+        for idx in epoch:
+            loss = model(collate([split.examples[i] for i in idx], feats, model.tokenizer))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.update()
+    bar.close()
+    model.eval()
+    return losses
+
+
+def evaluate_vl(model, split, feats: torch.Tensor, cfg: TrainConfig) -> dict:
+    """Scores per task (VQA / GQA / NLVR accuracy %, caption CIDEr) and their average, with the predictions."""
+    from ..eval import cider, normalize_answer
+    from ..models.seq2seq import collate
+    from ..data.vltasks import TASKS
+    model.eval()
+    out = {"pred": {}}
+    for task in TASKS:
+        ex = split.of_task(task)
+        pred = []
+        for i in range(0, len(ex), cfg.eval_batch):
+            chunk = ex[i:i + cfg.eval_batch]
+            batch = collate(chunk, feats, model.tokenizer, with_targets=False)
+            if task == "nlvr":
+                pred += [("true", "false")[k] for k in model.choose(batch, ["true", "false"])]
+            else:
+                beams = cfg.num_beams if task == "caption" else 1
+                pred += model.generate(batch, num_beams=beams, max_new_tokens=cfg.max_new_tokens)
+        out["pred"][task] = pred
+        if task == "caption":
+            out[task] = cider(pred, [e.references for e in ex])
+        else:
+            hit = [normalize_answer(p) in {normalize_answer(r) for r in e.references} for p, e in zip(pred, ex)]
+            out[task] = 100.0 * sum(hit) / max(len(hit), 1)
+    out["average"] = sum(out[t] for t in TASKS) / len(TASKS)
+    return out
+
+
+def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainConfig | None = None,
+            seeds_for: dict[str, tuple] | None = None, show_progress: bool = True, keep=(),
+            baseline: BaselineConfig = BaselineConfig()):
+    """Train every method from a fresh copy of the pretrained model (`load_model()` returns a `VLModel`) on
+    data["train"] and score it on data["test"] (each a `VLSplit`, with features in data["train_feats"] /
+    data["test_feats"]). `baseline` sizes the baselines. `seeds_for` gives some methods other seeds (e.g. one seed for the rows no claim compares).
+    Rows: method, seed, the four task scores and their average, trainable parameters and share, training memory of
+    one step (MiB), seconds per step, the loss curve and the predictions; for methods in `keep`, the trained model
+    of the first seed."""
+    import pandas as pd
+
+    from ..bench import count_parameters, training_memory
+    from ..models.seq2seq import collate
+    from ..utils import progress, seed_everything
+    cfg = cfg or TrainConfig()
+    seeds_for = seeds_for or {}
+    jobs = [(m, s) for m in methods for s in seeds_for.get(m, seeds)]
+    rows = []
+    for method, seed in progress(jobs, desc="VL-PET comparison", disable=not show_progress):
+        seed_everything(seed)
+        model = apply_method(load_model(), method, base=baseline)
+        pc = count_parameters(model)
+        ex = data["train"].of_task("vqa")[:cfg.batch_size]
+        model.train()
+        mem = training_memory(model, lambda: model(collate(ex, data["train_feats"], model.tokenizer)))
+        t0 = time.perf_counter()
+        losses = train_vl(model, data["train"], data["train_feats"], cfg, seed=seed,
+                          lr=cfg.lr_full if method == "full" else cfg.lr)
+        train_s = time.perf_counter() - t0
+        scores = evaluate_vl(model, data["test"], data["test_feats"], cfg)
+        row = {"method": method, "seed": seed, **{k: v for k, v in scores.items() if k != "pred"},
+               "trainable": pc.trainable, "trainable_pct": 100 * pc.fraction, "memory_mb": mem["total_mb"],
+               "s_per_step": train_s / len(losses), "loss": losses, "pred": scores["pred"]}
+        if method in keep and seed == seeds_for.get(method, seeds)[0]:
+            row["model"] = model
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def gate_values(model, batch: dict, layer: int = 0) -> torch.Tensor:
+    """G of the self-attention sublayer of encoder `layer` for the first example of `batch`, broadcast to
+    tokens x dimensions (what each granularity lets vary)."""
+    enc = model.lm.encoder.block if _is_t5(model.lm) else model.lm.model.encoder.layers
+    sub = enc[layer].layer[0].SelfAttention if _is_t5(model.lm) else enc[layer].self_attn
+    if not isinstance(sub, PETAttention) or sub.pet.gate is None:
+        raise ValueError("this model has no VL-PET gate; apply a vl-pet-* method first")
+    seen = {}
+    hook = sub.pet.gate.register_forward_hook(lambda m, args, out: seen.setdefault("g", out))
+    try:
+        embeds, _ = model.encoder_inputs(batch)
+        model(batch)
+    finally:
+        hook.remove()
+    n, d = embeds.shape[1], embeds.shape[2]
+    return torch.broadcast_to(seen["g"], (embeds.shape[0], n, d))[0]

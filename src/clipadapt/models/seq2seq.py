@@ -1,0 +1,324 @@
+"""The encoder-decoder vision-language model of the VL-PET chapter (VL-T5 / VL-BART style) and its tiny ci version.
+
+`VLModel` = a visual projector (Linear + LayerNorm on each visual feature, plus an image-order embedding, as VL-T5's
+`VisualEmbedding` without boxes) + a transformers encoder-decoder (BART or T5). The task prompt and question are
+embedded by the language model's own word embeddings and put before the visual tokens; every task is text generation.
+
+- `paper`: `facebook/bart-base` or `t5-base` from the hub with their tokenizers, on pre-extracted CLIP features.
+- `ci`: a tiny BART (the transformers class, a small config) with a word-level tokenizer over the micro-world
+  vocabulary (the `tokenizers` library), pretrained here in a few minutes on three objectives at once: BART's own
+  text denoising on `vltasks.language_corpus` (how it learns the words), captioning of pretraining scenes from the
+  tiny CLIP's patch tokens (how it learns to look) and VL-T5's image-text matching (does this caption belong to this
+  image: true / false; how it learns to check a sentence against an image). Cached under the cache folder, keyed by
+  config and recipe.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils import cache_dir, progress, seed_everything
+
+# the real architectures the chapter counts parameters on (hub config values, built without weights)
+PAPER_LMS = {"bart-base": "facebook/bart-base", "t5-base": "google-t5/t5-base"}
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # BART's ids 0-4
+
+
+@dataclass(frozen=True)
+class TinyLMConfig:
+    """The ci encoder-decoder: transformers' BART with a small config."""
+    d_model: int = 96
+    layers: int = 2              # encoder layers; the decoder has as many
+    heads: int = 4
+    ffn: int = 384
+    max_positions: int = 64
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class LMPretrainConfig:
+    seed: int = 0
+    n_scenes: int = 12_000       # captioned pretraining scenes (seeds below the held-out range)
+    n_text_scenes: int = 3_000   # scenes whose sentences make the denoising corpus
+    steps: int = 1_500
+    batch_size: int = 64
+    lr: float = 1e-3
+    mask_prob: float = 0.3       # share of words replaced by <mask> in the denoising objective
+    warmup: int = 100
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
+
+
+def build_word_tokenizer(sentences: list[str]):
+    """A word-level fast tokenizer (`tokenizers` WordLevel in transformers' `PreTrainedTokenizerFast`) whose
+    vocabulary is every word of `sentences` and of the task prompts; encodes 'words </s>' like BART's targets."""
+    from ..data.vltasks import PROMPTS
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    for s in list(PROMPTS.values()) + list(sentences):
+        for w in _words(s):
+            vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, "red ." -> "red."
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", mask_token="<mask>")
+
+
+def tiny_lm(cfg: TinyLMConfig, vocab_size: int):
+    from transformers import BartConfig, BartForConditionalGeneration
+    conf = BartConfig(vocab_size=vocab_size, d_model=cfg.d_model, encoder_layers=cfg.layers, decoder_layers=cfg.layers,
+                      encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads,
+                      encoder_ffn_dim=cfg.ffn, decoder_ffn_dim=cfg.ffn, max_position_embeddings=cfg.max_positions,
+                      dropout=cfg.dropout, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1,
+                      bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+                      scale_embedding=False)
+    return BartForConditionalGeneration(conf)
+
+
+def paper_lm_config(name: str):
+    """The transformers config of BART-base or T5-base (hub values written out, so counting needs no download)."""
+    from transformers import BartConfig, T5Config
+    if name == "bart-base":
+        return BartConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+                          encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+                          decoder_ffn_dim=3072, max_position_embeddings=1024, scale_embedding=False)
+    if name == "t5-base":
+        return T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12,
+                        num_heads=12, feed_forward_proj="relu", tie_word_embeddings=True)
+    raise ValueError(f"unknown language model {name!r}; known: {', '.join(PAPER_LMS)}")
+
+
+class VisualProjector(nn.Module):
+    """Visual features -> d_model tokens: Linear + LayerNorm, plus which image of a pair (NLVR) a token is from."""
+
+    def __init__(self, feat_dim: int, d_model: int, n_images: int = 2):
+        super().__init__()
+        self.feat = nn.Sequential(nn.Linear(feat_dim, d_model), nn.LayerNorm(d_model))
+        self.order = nn.Embedding(n_images, d_model)
+
+    def forward(self, feats: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        return self.feat(feats) + self.order(order)
+
+
+class VLModel(nn.Module):
+    """Task text and visual tokens in, text out. `prompt_mlp` (prompt tuning) makes a trainable prefix; None
+    otherwise."""
+
+    def __init__(self, lm, tokenizer, feat_dim: int, n_images: int = 2):
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.visual = VisualProjector(feat_dim, lm.config.d_model, n_images)
+        self.prompt_mlp: nn.Module | None = None
+
+    def encoder_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        text = self.lm.get_encoder().embed_tokens(batch["input_ids"])
+        vis = self.visual(batch["feats"], batch["order"])
+        parts, masks = [text, vis], [batch["attention_mask"], batch["vis_mask"]]
+        if self.prompt_mlp is not None:
+            b, prompt = text.shape[0], self.prompt_mlp()
+            parts.insert(0, prompt.unsqueeze(0).expand(b, -1, -1))
+            masks.insert(0, torch.ones(b, prompt.shape[0], dtype=masks[0].dtype, device=text.device))
+        embeds = torch.cat(parts, 1)
+        limit = getattr(self.lm.config, "max_position_embeddings", None)  # BART's learned positions; T5 has none
+        if limit is not None and embeds.shape[1] > limit:
+            raise ValueError(f"the encoder input has {embeds.shape[1]} tokens (prompt vectors + text + visual tokens) "
+                             f"but the model has {limit} positions: use fewer prompt vectors (BaselineConfig."
+                             "prompt_len), shorter texts or fewer visual tokens")
+        return embeds, torch.cat(masks, 1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The token cross-entropy of the targets."""
+        embeds, mask = self.encoder_inputs(batch)
+        return self.lm(inputs_embeds=embeds, attention_mask=mask, labels=batch["labels"]).loss
+
+    @torch.no_grad()
+    def choose(self, batch: dict, options: list[str]) -> list[int]:
+        """For each example, the option the model finds most likely as the whole target (NLVR: true / false)."""
+        embeds, mask = self.encoder_inputs(batch)
+        enc = self.lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+        scores = []
+        for opt in options:
+            lab = self.tokenizer([opt] * embeds.shape[0], return_tensors="pt")["input_ids"].to(embeds.device)
+            logits = self.lm(encoder_outputs=enc, attention_mask=mask, labels=lab).logits
+            scores.append(-torch.nn.functional.cross_entropy(logits.transpose(1, 2), lab, reduction="none").sum(1))
+        return torch.stack(scores, 1).argmax(1).tolist()
+
+    @torch.no_grad()
+    def generate(self, batch: dict, num_beams: int = 5, max_new_tokens: int = 20) -> list[str]:
+        embeds, mask = self.encoder_inputs(batch)
+        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
+                               max_new_tokens=max_new_tokens, early_stopping=True)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def collate(examples, feats: torch.Tensor, tokenizer, with_targets: bool = True) -> dict:
+    """A batch from `vltasks.VLExample`s: '<task prompt> <text>' tokens, the images' features (`feats[i]` is
+    tokens x dim) with their image-order ids and a mask, and the target token ids (-100 on padding)."""
+    from ..data.vltasks import PROMPTS
+    texts = [f"{PROMPTS[e.task]} {e.text}".strip() for e in examples]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    n_tok = feats.shape[1]
+    n_vis = max(len(e.images) for e in examples) * n_tok
+    f = feats.new_zeros(len(examples), n_vis, feats.shape[2])
+    order = torch.zeros(len(examples), n_vis, dtype=torch.long)
+    vmask = torch.zeros(len(examples), n_vis, dtype=enc["attention_mask"].dtype)
+    for b, e in enumerate(examples):
+        for k, i in enumerate(e.images):
+            f[b, k * n_tok:(k + 1) * n_tok] = feats[i]
+            order[b, k * n_tok:(k + 1) * n_tok] = k
+            vmask[b, k * n_tok:(k + 1) * n_tok] = 1
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "feats": f, "order": order,
+             "vis_mask": vmask}
+    if with_targets:
+        lab = tokenizer([e.target for e in examples], padding=True, return_tensors="pt")["input_ids"]
+        lab[lab == tokenizer.pad_token_id] = -100
+        batch["labels"] = lab
+    return batch
+
+
+@torch.no_grad()
+def clip_grid_features(clip_model, preprocess, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """The frozen CLIP image tower's patch tokens (n x grid x width): the ci analogue of the paper's CLIP grid
+    features, extracted once and never trained."""
+    from .loader import preprocess_batch
+    visual = clip_model.visual
+    old = visual.output_tokens
+    visual.output_tokens = True
+    try:
+        out = []
+        for i in range(0, len(images), batch_size):
+            _, tokens = visual(preprocess_batch(preprocess, images[i:i + batch_size]))
+            out.append(tokens)
+    finally:
+        visual.output_tokens = old
+    return torch.cat(out)
+
+
+def _mask_words(ids: torch.Tensor, mask_id: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    """BART's token masking: each word (not </s> or padding) is replaced by <mask> with probability p."""
+    out = ids.clone()
+    hit = (torch.rand(ids.shape, generator=gen) < p) & (ids > 4)
+    out[hit] = mask_id
+    return out
+
+
+def tiny_lm_dir(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig = LMPretrainConfig()) -> Path:
+    from ..data.microworld import DATA_VERSION
+    from ..data.vltasks import VL_DATA_VERSION
+    from .loader import tiny_checkpoint_path
+    key = json.dumps([asdict(cfg), asdict(pcfg), DATA_VERSION, VL_DATA_VERSION, tiny_checkpoint_path().name],
+                     sort_keys=True)
+    return cache_dir() / "tiny-vl-bart" / hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def pretrain_tiny_lm(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig = LMPretrainConfig(),
+                     out_dir: str | Path | None = None, show_progress: bool = True) -> dict:
+    """Pretrain the tiny BART (denoising + captioning from tiny-CLIP patch tokens); save it when `out_dir` given."""
+    from ..data import shapes, vltasks
+    from ..data.microworld import HELDOUT_SEED
+    from .loader import TINY_NAME, TINY_TAG, load_clip
+    seed_everything(pcfg.seed)
+    corpus = vltasks.language_corpus(pcfg.n_text_scenes, pcfg.seed + 101)
+    images, scenes = shapes.make_shapes(pcfg.n_scenes, pcfg.seed + 202)
+    assert pcfg.seed + 202 < HELDOUT_SEED
+    caps = [s.caption for s in scenes] + [c for s in scenes for c in vltasks.captions_of(s)[:1]]
+    tokenizer = build_word_tokenizer(corpus + caps)
+    lm = tiny_lm(cfg, len(tokenizer))
+    clip = load_clip(TINY_NAME, TINY_TAG)
+    feats = clip_grid_features(clip.model, clip.preprocess, images)
+    model = VLModel(lm, tokenizer, feats.shape[-1])
+    opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=0.01, eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / pcfg.warmup) * max(0.0, 1 - s / pcfg.steps))
+    gen = torch.Generator().manual_seed(pcfg.seed)
+    text_ids = tokenizer(corpus, padding=True, return_tensors="pt")["input_ids"]
+    hist = {"step": [], "denoise": [], "caption": [], "match": []}
+    t0 = time.time()
+    model.train()
+    for step in progress(range(pcfg.steps), desc="pretrain tiny VL-BART", disable=not show_progress):
+        # denoising: masked sentence in, sentence out (no image)
+        rows = torch.randint(len(corpus), (pcfg.batch_size,), generator=gen)
+        tgt = text_ids[rows]
+        tgt = tgt[:, : int((tgt != tokenizer.pad_token_id).sum(1).max())]
+        inp = _mask_words(tgt, tokenizer.mask_token_id, pcfg.mask_prob, gen)
+        lab = tgt.clone()
+        lab[lab == tokenizer.pad_token_id] = -100
+        l_text = lm(input_ids=inp, attention_mask=(inp != tokenizer.pad_token_id).long(), labels=lab).loss
+        # captioning: 'caption:' + one image's patch tokens in, a caption of that scene out
+        idx = torch.randint(len(scenes), (pcfg.batch_size,), generator=gen).tolist()
+        ex = [vltasks.VLExample("caption", (i,), "", caps[i if k % 2 else len(scenes) + i], ())
+              for k, i in enumerate(idx)]
+        l_cap = model(collate(ex, feats, tokenizer))
+        # image-text matching: half the captions are another scene's, answered true / false
+        idx = torch.randint(len(scenes), (pcfg.batch_size,), generator=gen).tolist()
+        other = torch.randint(len(scenes), (pcfg.batch_size,), generator=gen).tolist()
+        ex = [vltasks.VLExample("match", (i,), caps[i if k % 2 else o], "true" if k % 2 or caps[o] == caps[i]
+                                else "false", ()) for k, (i, o) in enumerate(zip(idx, other))]
+        l_match = model(collate(ex, feats, tokenizer))
+        loss = l_text + l_cap + l_match
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == pcfg.steps - 1:
+            hist["step"].append(step)
+            hist["denoise"].append(float(l_text.detach()))
+            hist["caption"].append(float(l_cap.detach()))
+            hist["match"].append(float(l_match.detach()))
+    hist["train_seconds"] = round(time.time() - t0, 1)
+    model.eval()
+    if out_dir is not None:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(model.visual.state_dict(), tmp / "visual.pt")
+        (tmp / "history.json").write_text(json.dumps(hist))
+        tmp.rename(out)
+    hist["model"] = model
+    return hist
+
+
+def ensure_tiny_lm(show_progress: bool = True) -> Path:
+    """The cached tiny VL-BART folder, pretraining it first when missing (needs the tiny CLIP)."""
+    path = tiny_lm_dir()
+    if not (path / "visual.pt").exists():
+        pretrain_tiny_lm(out_dir=path, show_progress=show_progress)
+    return path
+
+
+def load_tiny_vl(path: str | Path | None = None) -> VLModel:
+    """The pretrained tiny VL-BART (a fresh copy each call)."""
+    from transformers import BartForConditionalGeneration, PreTrainedTokenizerFast
+    path = Path(path) if path is not None else tiny_lm_dir()
+    if not (path / "visual.pt").exists():
+        raise FileNotFoundError(f"the tiny VL-BART is not built yet at {path}. Build it with:\n"
+                                "    python data_scripts/build_ci_assets.py\n(or call "
+                                "clipadapt.models.seq2seq.ensure_tiny_lm() in a notebook).")
+    lm = BartForConditionalGeneration.from_pretrained(path)
+    tok = PreTrainedTokenizerFast.from_pretrained(path)
+    state = torch.load(path / "visual.pt", map_location="cpu")
+    model = VLModel(lm, tok, state["feat.0.weight"].shape[1])
+    model.visual.load_state_dict(state)
+    return model.eval()
+
+
+def load_history(path: str | Path | None = None) -> dict:
+    path = Path(path) if path is not None else tiny_lm_dir()
+    return json.loads((path / "history.json").read_text())
