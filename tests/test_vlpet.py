@@ -207,7 +207,10 @@ def test_word_tokenizer_round_trips_and_collate_masks_padding(small):
     assert batch["feats"].shape == (2, 8, 16)
     assert batch["vis_mask"].tolist() == [[1] * 8, [1] * 4 + [0] * 4]
     assert batch["order"][0].tolist() == [0] * 4 + [1] * 4
-    assert (batch["labels"] == -100).any() or batch["labels"].shape[1] == 2
+    pair = [split.of_task("caption")[0], split.of_task("vqa")[0]]   # a long target and a one-word one
+    lab = seq2seq.collate(pair, feats, tok)["labels"]
+    assert not (lab[0] == -100).any() and (lab[1] == -100).sum() == lab.shape[1] - 2   # answer + </s>, then padding
+    assert [tok.decode(row[row != -100], skip_special_tokens=True) for row in lab] == [e.target for e in pair]
 
 
 def test_pretrained_tiny_vl_bart_captions_new_scenes_and_loads_fresh_copies(tiny):
