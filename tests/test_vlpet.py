@@ -227,3 +227,161 @@ def test_pretrained_tiny_vl_bart_captions_new_scenes_and_loads_fresh_copies(tiny
     assert cider(pred, refs) > 2 * cider(pred[1:] + pred[:1], refs)
     with pytest.raises(FileNotFoundError, match="build_ci_assets.py"):
         seq2seq.load_tiny_vl("/nonexistent/tiny-vl-bart")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the paper profile on local stand-ins: a few fake samples in VL-Adapter's restored layout, a checkpoint saved to disk
+
+def _h5(folder, img_id, rng):
+    import h5py
+    import numpy as np
+    folder.mkdir(parents=True, exist_ok=True)
+    a = rng.standard_normal((49, 2048)).astype("float16")
+    with h5py.File(folder / f"{img_id}.h5", "w") as f:
+        f.create_group(img_id).create_dataset("features", data=a)
+    return a
+
+
+@pytest.fixture(scope="module")
+def fake_vladapter(tmp_path_factory):
+    """<root>/vl-adapter/datasets with two or three items per task and split, in the files' real formats."""
+    import json
+
+    import numpy as np
+    from clipadapt.data.vladapter import FEATURES
+    root = tmp_path_factory.mktemp("data")
+    ds = root / "vl-adapter" / "datasets"
+    rng = np.random.default_rng(0)
+    coco = ["COCO_train2014_000000000009", "COCO_train2014_000000000025", "COCO_val2014_000000000042",
+            "COCO_val2014_000000000073"]
+    arrays = {i: _h5(ds / "COCO" / FEATURES, i, rng) for i in coco}
+    for i in ("2354786", "2368326"):
+        _h5(ds / "VG" / FEATURES, i, rng)
+    _h5(ds / "GQA" / FEATURES, "n161313", rng)
+    for i in ("train-10171-0-img0", "train-10171-0-img1", "test1-0-1-img0", "test1-0-1-img1"):
+        _h5(ds / "nlvr" / FEATURES, i, rng)
+
+    def write(rel, obj):
+        (ds / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ds / rel).write_text(json.dumps(obj))
+    sents = lambda k: [{"raw": f"a caption number {j} of image {k} "} for j in range(5)]
+    write("COCO/dataset_coco.json", {"images": [
+        {"filename": coco[0] + ".jpg", "split": "train", "sentences": sents(0)},
+        {"filename": coco[1] + ".jpg", "split": "restval", "sentences": sents(1)},
+        {"filename": coco[2] + ".jpg", "split": "val", "sentences": sents(2)},
+        {"filename": coco[3] + ".jpg", "split": "test", "sentences": sents(3)}]})
+    write("vqa/karpathy_train.json", [
+        {"img_id": coco[0], "sent": "What is on the table?", "label": {"cake": 1.0, "pie": 0.3}, "question_id": 1},
+        {"img_id": coco[1], "sent": "Is it raining?", "label": {}, "question_id": 2}])
+    write("vqa/karpathy_test.json", [
+        {"img_id": coco[3], "sent": "What colour is the bus?", "label": {"red": 1.0, "orange": 0.6},
+         "question_id": 3}])
+    write("GQA/train.json", [{"img_id": "2354786", "sent": "Is the sky blue?", "label": {"yes": 1.0},
+                              "question_id": "02930152"}])
+    write("GQA/valid.json", [{"img_id": "2368326", "sent": "Who wears the hat?", "label": {"man": 1.0},
+                              "question_id": "03130152"}])
+    write("GQA/testdev.json", [{"img_id": "n161313", "sent": "Which side is the cup on?", "label": {"left": 1.0},
+                                "question_id": "201307251"}])
+    write("nlvr/train.json", [{"img0": "train-10171-0-img0", "img1": "train-10171-0-img1",
+                               "sent": "There are two dogs.", "label": 0, "uid": "train-10171-0"}])
+    write("nlvr/test.json", [{"img0": "test1-0-1-img0", "img1": "test1-0-1-img1", "sent": "One cup is red.",
+                              "label": 1, "uid": "test1-0-1"}])
+    return root, arrays
+
+
+def test_vladapter_reader_builds_the_official_splits_from_the_restored_layout(fake_vladapter):
+    import numpy as np
+    from clipadapt.data import vladapter
+    root, arrays = fake_vladapter
+    train, feats = vladapter.load_vladapter("train", root)
+    n = {t: len(train.of_task(t)) for t in vltasks.TASKS}
+    # captions: one example per caption of Karpathy train + restval; VQA: the question without answers is dropped;
+    # GQA: train + valid
+    assert n == {"vqa": 1, "gqa": 2, "nlvr": 1, "caption": 10}
+    q = train.of_task("vqa")[0]
+    assert (q.target, q.references, q.weights) == ("cake", ("cake", "pie"), (1.0, 0.3))
+    nl = train.of_task("nlvr")[0]
+    assert nl.target == "false" and [train.images[i] for i in nl.images] == ["train-10171-0-img0",
+                                                                             "train-10171-0-img1"]
+    assert len(train.images) == len(feats) == 6 and feats.shape == (6, 36, 2048)
+    cap = train.of_task("caption")[0]
+    assert train.images[cap.images[0]] == "COCO_train2014_000000000009" and len(cap.references) == 5
+    # the 7 x 7 grid (tokens row-major) is max-pooled to 6 x 6 with windows [i, i + 2)
+    grid = arrays["COCO_train2014_000000000009"].astype("float32").reshape(7, 7, 2048)
+    want = np.stack([grid[r:r + 2, c:c + 2].max((0, 1)) for r in range(6) for c in range(6)])
+    assert np.allclose(feats[cap.images[0]].numpy(), want)
+
+    test, tfeats = vladapter.load_vladapter("test", root)
+    assert {t: len(test.of_task(t)) for t in vltasks.TASKS} == {"vqa": 1, "gqa": 1, "nlvr": 1, "caption": 1}
+    assert test.of_task("caption")[0].references[4] == "a caption number 4 of image 3"
+    assert tfeats.files[test.of_task("gqa")[0].images[0]].parts[-4] == "GQA"   # testdev images live under GQA/
+    assert tfeats.shape == (4, 36, 2048)
+
+
+def test_vladapter_subsets_are_seeded_and_missing_data_names_the_prepare_command(fake_vladapter, tmp_path):
+    from clipadapt.data import vladapter
+    from clipadapt.data.real import DatasetMissingError
+    root, _ = fake_vladapter
+    a, _ = vladapter.load_vladapter("train", root, n_per_task=1, seed=3)
+    b, _ = vladapter.load_vladapter("train", root, n_per_task=1, seed=3)
+    assert [e.target for e in a.examples] == [e.target for e in b.examples] and len(a.examples) == 4
+    with pytest.raises(DatasetMissingError, match=f"prepare_vladapter.py --root {tmp_path}"):
+        vladapter.load_vladapter("train", tmp_path)
+    with pytest.raises(ValueError, match="split must be one of train, test"):
+        vladapter.load_vladapter("val", root)
+    _, feats = vladapter.load_vladapter("test", root)
+    gone = vladapter.H5Features([tmp_path / "COCO" / vladapter.FEATURES / "x.h5"], ["x"], root=tmp_path)
+    with pytest.raises(DatasetMissingError, match="--datasets COCO"):
+        gone[0]
+
+
+def test_vqa_answers_score_the_soft_label_of_the_answer():
+    e = vltasks.VLExample("vqa", (0,), "q", "red", ("red", "orange"), (1.0, 0.6))
+    assert [vlpet.answer_score(p, e) for p in ("Red", "orange", "blue")] == [1.0, 0.6, 0.0]
+    plain = vltasks.VLExample("gqa", (0,), "q", "left", ("left",))
+    assert (vlpet.answer_score("left", plain), vlpet.answer_score("right", plain)) == (1.0, 0.0)
+
+
+def test_paper_code_path_trains_and_scores_a_saved_checkpoint_on_the_restored_layout(small, fake_vladapter, tmp_path):
+    """What the paper profile runs, with a checkpoint saved to a local folder standing in for the hub's BART-base."""
+    from clipadapt.data import vladapter
+    tok = small[0].tokenizer
+    lm = seq2seq.tiny_lm(seq2seq.TinyLMConfig(d_model=32, heads=2, ffn=64, max_positions=128), len(tok))
+    lm.save_pretrained(tmp_path / "lm")   # 128 positions: an NLVR pair is 72 visual tokens
+    tok.save_pretrained(tmp_path / "lm")
+    root, _ = fake_vladapter
+    data = {}
+    for k in ("train", "test"):
+        data[k], data[f"{k}_feats"] = vladapter.load_vladapter(k, root)
+    vl = seq2seq.load_pretrained_vl(str(tmp_path / "lm"), feat_dim=2048)
+    assert vl.visual.feat[0].in_features == 2048
+    cfg = vlpet.TrainConfig(epochs=2, batch_size=4, num_beams=2, max_new_tokens=4)
+    runs = vlpet.compare(lambda: copy.deepcopy(vl), data, ["vl-pet-large", "bitfit"], (0,), cfg,
+                         show_progress=False)
+    assert list(runs.method) == ["vl-pet-large", "bitfit"]
+    for _, r in runs.iterrows():
+        assert len(r.loss) == 2 * 6 and all(torch.isfinite(torch.tensor(r.loss)))   # batches of 4: 1 + 1 + 1 + 3
+        assert set(r.pred) == set(vltasks.TASKS) and all(len(r.pred[t]) == 1 for t in vltasks.TASKS)
+        assert 0 <= r.vqa <= 100 and r.nlvr in (0.0, 100.0)
+    with pytest.raises(ValueError, match="bart-base, t5-base or a local folder"):
+        seq2seq.load_pretrained_vl("bart-large")
+
+
+def test_prepare_vladapter_runs_the_restore_tool_into_the_layout_the_reader_reads(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+    from clipadapt.data import vladapter
+    spec = importlib.util.spec_from_file_location("prep", Path(__file__).parents[1] / "data_scripts" /
+                                                  "prepare_vladapter.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    tool = tmp_path / "restore.py"   # a stand-in for the official tool: records its arguments
+    tool.write_text("import json, sys; open(sys.argv[sys.argv.index('--out') + 1] + '/args.json', 'w')"
+                    ".write(json.dumps(sys.argv[1:]))\n")
+    assert prep.main(["--root", str(tmp_path), "--tool", str(tool), "--datasets", "COCO", "--limit-shards", "1"]) == 0
+    out = vladapter.vladapter_root(tmp_path)
+    assert json.loads((out / "args.json").read_text()) == ["--out", str(out), "--datasets", "COCO",
+                                                           "--limit-shards", "1"]
+    with pytest.raises(SystemExit, match="does not exist"):
+        prep.main(["--root", str(tmp_path), "--tool", str(tmp_path / "nope.py")])

@@ -13,6 +13,7 @@ tiny encoder-decoder learns the language from before it ever sees a task (as BAR
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,12 +34,13 @@ class VLExample:
     text: str                    # the question or statement (empty for captions)
     target: str                  # the answer or one caption used as the training target
     references: tuple[str, ...]  # every acceptable answer (captions: all phrasings)
+    weights: tuple[float, ...] = ()  # a score per reference (VQA v2's soft scores); empty: each scores 1
 
 
 @dataclass
 class VLSplit:
-    images: np.ndarray                     # n x 32 x 32 x 3 uint8
-    scenes: list[shapes.ShapeScene]
+    images: Sequence                       # ci: n x 32 x 32 x 3 uint8; paper: the image ids
+    scenes: list[shapes.ShapeScene]        # ci only (empty on paper data)
     examples: list[VLExample] = field(default_factory=list)
 
     def of_task(self, task: str) -> list[VLExample]:

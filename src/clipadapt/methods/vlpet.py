@@ -57,6 +57,7 @@ PUBLISHED = {
     ("t5-base", "vl-pet-middley"): (4.50, 66.62, 55.87, 73.91, 120.26, 79.17),
     ("t5-base", "vl-pet-large"): (7.31, 66.95, 56.06, 73.42, 121.66, 79.52),
 }
+PAPER_SEEDS = (42, 43, 9595)   # the official scripts' seeds
 PUBLISHED_COLUMNS = ("trainable %", "VQA", "GQA", "NLVR2", "COCO CIDEr", "average")
 SAME_SETUP = {("t5-base", m) for m in ("prompt",) + tuple(f"vl-pet-{g}" for g in ("large", "middlex", "middley",
                                                                                     "small"))}
@@ -378,10 +379,14 @@ def task_batches(split, batch_size: int, gen: torch.Generator) -> list[list[int]
     return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
 
-def train_vl(model, split, feats: torch.Tensor, cfg: TrainConfig, seed: int = 0, show_progress: bool = False,
-             desc: str = "train", lr: float | None = None) -> list[float]:
-    """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved); the loss per
-    step."""
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train_vl(model, split, feats, cfg: TrainConfig, seed: int = 0, show_progress: bool = False,
+             desc: str = "train", lr: float | None = None, device: str = "cpu") -> list[float]:
+    """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved) on `device`;
+    the loss per step."""
     from transformers import get_linear_schedule_with_warmup
 
     from ..models.seq2seq import collate
@@ -398,7 +403,7 @@ def train_vl(model, split, feats: torch.Tensor, cfg: TrainConfig, seed: int = 0,
     bar = progress(total=total, desc=desc, disable=not show_progress, leave=False)
     for epoch in epochs:
         for idx in epoch:
-            loss = model(collate([split.examples[i] for i in idx], feats, model.tokenizer))
+            loss = model(to_device(collate([split.examples[i] for i in idx], feats, model.tokenizer), device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
@@ -411,9 +416,19 @@ def train_vl(model, split, feats: torch.Tensor, cfg: TrainConfig, seed: int = 0,
     return losses
 
 
-def evaluate_vl(model, split, feats: torch.Tensor, cfg: TrainConfig) -> dict:
+def answer_score(pred: str, example) -> float:
+    """The score of a generated answer: the weight of the reference it matches after answer normalisation (VQA
+    v2's soft score, as the official `evaluate`: the label's score of the answer), 1 when the references carry no
+    weights, 0 when none matches."""
+    from ..eval import normalize_answer
+    weights = example.weights or (1.0,) * len(example.references)
+    p = normalize_answer(pred)
+    return max((w for r, w in zip(example.references, weights) if normalize_answer(r) == p), default=0.0)
+
+
+def evaluate_vl(model, split, feats, cfg: TrainConfig, device: str = "cpu") -> dict:
     """Scores per task (VQA / GQA / NLVR accuracy %, caption CIDEr) and their average, with the predictions."""
-    from ..eval import cider, normalize_answer
+    from ..eval import cider
     from ..models.seq2seq import collate
     from ..data.vltasks import TASKS
     model.eval()
@@ -423,7 +438,7 @@ def evaluate_vl(model, split, feats: torch.Tensor, cfg: TrainConfig) -> dict:
         pred = []
         for i in range(0, len(ex), cfg.eval_batch):
             chunk = ex[i:i + cfg.eval_batch]
-            batch = collate(chunk, feats, model.tokenizer, with_targets=False)
+            batch = to_device(collate(chunk, feats, model.tokenizer, with_targets=False), device)
             if task == "nlvr":
                 pred += [("true", "false")[k] for k in model.choose(batch, ["true", "false"])]
             else:
@@ -433,15 +448,14 @@ def evaluate_vl(model, split, feats: torch.Tensor, cfg: TrainConfig) -> dict:
         if task == "caption":
             out[task] = cider(pred, [e.references for e in ex])
         else:
-            hit = [normalize_answer(p) in {normalize_answer(r) for r in e.references} for p, e in zip(pred, ex)]
-            out[task] = 100.0 * sum(hit) / max(len(hit), 1)
+            out[task] = 100.0 * sum(answer_score(p, e) for p, e in zip(pred, ex)) / max(len(ex), 1)
     out["average"] = sum(out[t] for t in TASKS) / len(TASKS)
     return out
 
 
 def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainConfig | None = None,
             seeds_for: dict[str, tuple] | None = None, show_progress: bool = True, keep=(),
-            baseline: BaselineConfig = BaselineConfig()):
+            baseline: BaselineConfig = BaselineConfig(), device: str = "cpu"):
     """Train every method from a fresh copy of the pretrained model (`load_model()` returns a `VLModel`) on
     data["train"] and score it on data["test"] (each a `VLSplit`, with features in data["train_feats"] /
     data["test_feats"]). `baseline` sizes the baselines. `seeds_for` gives some methods other seeds (e.g. one seed for the rows no claim compares).
@@ -459,16 +473,17 @@ def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainConfi
     rows = []
     for method, seed in progress(jobs, desc="VL-PET comparison", disable=not show_progress):
         seed_everything(seed)
-        model = apply_method(load_model(), method, base=baseline)
+        model = apply_method(load_model(), method, base=baseline).to(device)
         pc = count_parameters(model)
         ex = data["train"].of_task("vqa")[:cfg.batch_size]
         model.train()
-        mem = training_memory(model, lambda: model(collate(ex, data["train_feats"], model.tokenizer)))
+        mem = training_memory(model, lambda: model(to_device(collate(ex, data["train_feats"], model.tokenizer),
+                                                             device)))
         t0 = time.perf_counter()
         losses = train_vl(model, data["train"], data["train_feats"], cfg, seed=seed,
-                          lr=cfg.lr_full if method == "full" else cfg.lr)
+                          lr=cfg.lr_full if method == "full" else cfg.lr, device=device)
         train_s = time.perf_counter() - t0
-        scores = evaluate_vl(model, data["test"], data["test_feats"], cfg)
+        scores = evaluate_vl(model, data["test"], data["test_feats"], cfg, device=device)
         row = {"method": method, "seed": seed, **{k: v for k, v in scores.items() if k != "pred"},
                "trainable": pc.trainable, "trainable_pct": 100 * pc.fraction, "memory_mb": mem["total_mb"],
                "s_per_step": train_s / len(losses), "loss": losses, "pred": scores["pred"]}
@@ -486,6 +501,7 @@ def gate_values(model, batch: dict, layer: int = 0) -> torch.Tensor:
     sub = enc[layer].layer[0].SelfAttention if _is_t5(model.lm) else enc[layer].self_attn
     if not isinstance(sub, PETAttention) or sub.pet.gate is None:
         raise ValueError("this model has no VL-PET gate; apply a vl-pet-* method first")
+    batch = to_device(batch, next(model.parameters()).device)
     seen = {}
     hook = sub.pet.gate.register_forward_hook(lambda m, args, out: seen.setdefault("g", out))
     try:
@@ -494,4 +510,4 @@ def gate_values(model, batch: dict, layer: int = 0) -> torch.Tensor:
     finally:
         hook.remove()
     n, d = embeds.shape[1], embeds.shape[2]
-    return torch.broadcast_to(seen["g"], (embeds.shape[0], n, d))[0]
+    return torch.broadcast_to(seen["g"], (embeds.shape[0], n, d))[0].cpu()

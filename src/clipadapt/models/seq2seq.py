@@ -101,6 +101,20 @@ def paper_lm_config(name: str):
     raise ValueError(f"unknown language model {name!r}; known: {', '.join(PAPER_LMS)}")
 
 
+def load_pretrained_vl(lm: str, feat_dim: int = 2048) -> "VLModel":
+    """The `paper` model: BART-base or T5-base with its tokenizer from the hub (`lm` = "bart-base" / "t5-base", or a
+    local folder written by `save_pretrained`, e.g. a copy made on a machine with internet) and a new visual
+    projector for `feat_dim`-dimensional features (2048: CLIP RN101 grid features)."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    if lm not in PAPER_LMS and not Path(lm).expanduser().is_dir():
+        raise ValueError(f"unknown language model {lm!r}: use {', '.join(PAPER_LMS)} or a local folder "
+                         "written by save_pretrained (model and tokenizer)")
+    source = PAPER_LMS.get(lm, str(Path(lm).expanduser()))
+    model = AutoModelForSeq2SeqLM.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return VLModel(model, tokenizer, feat_dim)
+
+
 class VisualProjector(nn.Module):
     """Visual features -> d_model tokens: Linear + LayerNorm, plus which image of a pair (NLVR) a token is from."""
 
@@ -165,15 +179,16 @@ class VLModel(nn.Module):
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
-def collate(examples, feats: torch.Tensor, tokenizer, with_targets: bool = True) -> dict:
+def collate(examples, feats, tokenizer, with_targets: bool = True) -> dict:
     """A batch from `vltasks.VLExample`s: '<task prompt> <text>' tokens, the images' features (`feats[i]` is
-    tokens x dim) with their image-order ids and a mask, and the target token ids (-100 on padding)."""
+    tokens x dim: a tensor, or the lazy `vladapter.H5Features`) with their image-order ids and a mask, and the target
+    token ids (-100 on padding)."""
     from ..data.vltasks import PROMPTS
     texts = [f"{PROMPTS[e.task]} {e.text}".strip() for e in examples]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     n_tok = feats.shape[1]
     n_vis = max(len(e.images) for e in examples) * n_tok
-    f = feats.new_zeros(len(examples), n_vis, feats.shape[2])
+    f = torch.zeros(len(examples), n_vis, feats.shape[2])
     order = torch.zeros(len(examples), n_vis, dtype=torch.long)
     vmask = torch.zeros(len(examples), n_vis, dtype=enc["attention_mask"].dtype)
     for b, e in enumerate(examples):
@@ -305,16 +320,13 @@ def ensure_tiny_lm(show_progress: bool = True) -> Path:
 
 def load_tiny_vl(path: str | Path | None = None) -> VLModel:
     """The pretrained tiny VL-BART (a fresh copy each call)."""
-    from transformers import BartForConditionalGeneration, PreTrainedTokenizerFast
     path = Path(path) if path is not None else tiny_lm_dir()
     if not (path / "visual.pt").exists():
         raise FileNotFoundError(f"the tiny VL-BART is not built yet at {path}. Build it with:\n"
                                 "    python data_scripts/build_ci_assets.py\n(or call "
                                 "clipadapt.models.seq2seq.ensure_tiny_lm() in a notebook).")
-    lm = BartForConditionalGeneration.from_pretrained(path)
-    tok = PreTrainedTokenizerFast.from_pretrained(path)
     state = torch.load(path / "visual.pt", map_location="cpu")
-    model = VLModel(lm, tok, state["feat.0.weight"].shape[1])
+    model = load_pretrained_vl(str(path), state["feat.0.weight"].shape[1])
     model.visual.load_state_dict(state)
     return model.eval()
 
