@@ -47,3 +47,22 @@ def test_glue_passes_plain_python_numbers():
     v = glue("x", np.float64(1.5))
     assert type(v) is float and v == 1.5
     assert type(glue("y", torch.tensor(2.0))) is float
+
+
+def test_reproduction_rows_get_the_status_their_numbers_give_and_the_report_gathers_them(tmp_path):
+    from clipadapt.results import STATUSES, RunRecord, reproduction_report
+    rec = RunRecord("01_x", "ci", 0)
+    rows = [rec.reproduce("a (%)", 76.93, "Table 2", 76.5),              # within 1 point
+            rec.reproduce("b (%)", 76.93, "Table 2", 74.0),              # outside
+            rec.reproduce("c (%)", 76.93, "Table 2", float("nan")),      # not measured
+            rec.reproduce("d (%)", 62.82, "README", None, licence=True),
+            rec.reproduce("e", "up to +20%", "summary", 3.0),
+            rec.reproduce("f (%)", 4.16, "Table 2", 4.25, tolerance=0.05)]
+    assert [r["status"] for r in rows] == [STATUSES[0], STATUSES[1], STATUSES[2], STATUSES[3], STATUSES[4], STATUSES[1]]
+    assert rows[2]["ours"] is None and rows[4]["tolerance"] is None
+    rec.save(tmp_path)
+    RunRecord("00_y", "ci", 0).save(tmp_path)          # no reproduction table: not in the report
+    RunRecord("01_x", "paper", 0).save(tmp_path)       # another profile: not in the report
+    got, env = reproduction_report(tmp_path, "ci")
+    assert [r["quantity"] for r in got] == ["a (%)", "b (%)", "c (%)", "d (%)", "e", "f (%)"]
+    assert [e["notebook"] for e in env] == ["01_x"] and {"machine", "accelerator", "torch"} <= set(env[0])

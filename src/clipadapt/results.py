@@ -1,6 +1,7 @@
 """One results record per run (JSON), written to results/<notebook>.<profile>.json, and a glue helper.
 
-The book, the reproduction report and the tests read these records; prose reads the same numbers through myst-nb
+The book, the reproduction report (`reproduction_report`, one row format for every chapter's published numbers) and
+the tests read these records; prose reads the same numbers through myst-nb
 `glue`. A record holds the metric names and values, the seed, the profile, package versions and the wall time.
 """
 from __future__ import annotations
@@ -27,6 +28,13 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> dict[str, str]:
+    """Where a run ran: the machine and its accelerator (the reproduction report's environment column)."""
+    import torch
+    return {"machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+            "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"}
+
+
 @dataclass
 class RunRecord:
     """The results of one notebook run. `metrics` maps a metric name to a number (state the unit in the name)."""
@@ -37,12 +45,20 @@ class RunRecord:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=versions)
+    machine: dict[str, str] = field(default_factory=machine)
     started: float = field(default_factory=time.time)
     wall_time_s: float | None = None
 
     def log(self, name: str, value: float) -> float:
         self.metrics[name] = float(value)
         return value
+
+    def reproduce(self, quantity: str, published, source: str, ours=None, tolerance: float = 1.0,
+                  licence: bool = False) -> dict[str, Any]:
+        """Add a row to this run's "reproduction" table (see `reproduction_row`) and return it."""
+        row = reproduction_row(self.notebook, quantity, published, source, ours, tolerance, licence)
+        self.tables.setdefault("reproduction", []).append(row)
+        return row
 
     def save(self, root: str | Path | None = None) -> Path:
         """Write <root>/<notebook>.<profile>.json (wall time up to now) and return the path; root defaults to
@@ -81,3 +97,44 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
         return value
     _glue(name, value, display=display)
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the reproduction report: every chapter's published numbers next to its own, one row format for all chapters
+
+STATUSES = ("reproduced within tolerance", "differs", "not run on this profile", "data needs a licence",
+            "no published number to compare")
+
+
+def reproduction_row(chapter: str, quantity: str, published, source: str, ours=None, tolerance: float = 1.0,
+                     licence: bool = False) -> dict[str, Any]:
+    """One row of the reproduction report. `published` is the paper's number (or its words, when it gives no
+    number), `ours` this run's value of the same quantity (None or NaN: not measured on this run). Status: within
+    `tolerance` (absolute, in the quantity's unit) of the published number, or not; when not measured, "data needs a
+    licence" if the dataset must be requested (`licence`), else "not run on this profile"."""
+    measured = ours is not None and not (isinstance(ours, float) and ours != ours)
+    numeric = isinstance(published, (int, float)) and not isinstance(published, bool)
+    if not measured:
+        status = STATUSES[3] if licence else STATUSES[2]
+    elif not numeric:
+        status = STATUSES[4]
+    else:
+        status = STATUSES[0] if abs(float(ours) - float(published)) <= tolerance else STATUSES[1]
+    return {"chapter": chapter, "quantity": quantity, "published": published, "ours": ours if measured else None,
+            "tolerance": tolerance if numeric else None, "source": source, "status": status}
+
+
+def reproduction_report(root: str | Path = "results", profile: str = "ci") -> tuple[list[dict], list[dict]]:
+    """(rows, environment) gathered from every record of `profile` under `root` that has a "reproduction" table;
+    environment: one entry per record (notebook, when it ran, how long, the machine and the versions)."""
+    rows, env = [], []
+    for path in sorted(Path(root).glob(f"*.{profile}.json")):
+        rec = json.loads(path.read_text())
+        table = rec.get("tables", {}).get("reproduction")
+        if not table:
+            continue
+        rows += table
+        env.append({"notebook": rec["notebook"], "profile": rec["profile"],
+                    "ran": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rec["started"])),
+                    "wall time (s)": rec.get("wall_time_s"), **rec.get("machine", {}), **rec.get("versions", {})})
+    return rows, env
