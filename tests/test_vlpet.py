@@ -329,7 +329,6 @@ def test_vladapter_subsets_are_seeded_and_missing_data_names_the_prepare_command
         vladapter.load_vladapter("train", tmp_path)
     with pytest.raises(ValueError, match="split must be one of train, test"):
         vladapter.load_vladapter("val", root)
-    _, feats = vladapter.load_vladapter("test", root)
     gone = vladapter.H5Features([tmp_path / "COCO" / vladapter.FEATURES / "x.h5"], ["x"], root=tmp_path)
     with pytest.raises(DatasetMissingError, match="--datasets COCO"):
         gone[0]
