@@ -11,7 +11,7 @@ FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: env system assets book test clean
+.PHONY: env system browser assets book test clean
 env: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -24,6 +24,13 @@ system:
 	@if [ ! -f $(FASHION) ] && [ -z "$$CLIPADAPT_FASHION_MNIST" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
 
+# Debian's Chromium and a Japanese font for the browser test of the built book (tests/test_browser.py); only when missing
+browser:
+	@missing=""; [ -x /usr/bin/chromium ] || missing="chromium"; \
+	(command -v fc-list >/dev/null && fc-list :lang=ja | grep -q .) || missing="$$missing fonts-ipafont-gothic"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
 # the tiny CLIP pretrained on the micro-world (cached under $$CLIPADAPT_CACHE or ~/.cache/clipadapt)
 assets: env system
 	$(PY) data_scripts/build_ci_assets.py
@@ -31,7 +38,7 @@ assets: env system
 book: assets
 	$(PY) -m clipadapt.book build --profile $(PROFILE)
 
-test: assets
+test: assets browser
 	$(PY) -m pytest
 
 clean:

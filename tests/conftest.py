@@ -12,3 +12,10 @@ def tiny():
     from clipadapt.models.pretrain import ensure_tiny_clip
     ensure_tiny_clip(show_progress=False)
     return load_clip(TINY_NAME, TINY_TAG)
+
+
+@pytest.fixture(scope="session")
+def built_book(tiny):
+    """Every notebook run by papermill on ci and the HTML book built (the slow tests share one build)."""
+    from clipadapt import book
+    return book.build("ci")

@@ -53,14 +53,53 @@ def test_notebooks_take_profile_and_seed_as_papermill_parameters():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path} has committed outputs"
 
 
+def test_every_notebook_has_the_colab_button_and_install_cell_at_the_release_tag():
+    import tomllib
+    url, tag = book.release()
+    assert tag == "v" + tomllib.loads((book.ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for path in book.notebooks():
+        nb = nbformat.read(path, as_version=4)
+        button, install = book.colab_cells(path)
+        hint = f"{path.name}: run `python -m clipadapt.book colab`"
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), path
+        assert nb.cells[1].source == button, hint
+        assert next(c for c in nb.cells if c.cell_type == "code").source == install, hint
+        assert f"/blob/{tag}/notebooks/{path.name}" in button and f'"--branch", "{tag}"' in install and url in install
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
+        assert 'profile = "paper"' in params and "GPU" in params, f"{path.name}: say how to switch to paper"
+        if path.stem not in ("00_backbone", "90_reproduction"):
+            assert "data_scripts/prepare_" in params, f"{path.name}: name the data command of the paper profile"
+
+
+def test_release_tag_must_match_the_package_version(tmp_path):
+    (tmp_path / "_config.yml").write_text("repository:\n  url: https://github.com/o/r\n  branch: main\n")
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "clipadapt"\nversion = "0.2.0"\n')
+    with pytest.raises(ValueError, match="set the branch to 'v0.2.0'"):
+        book.release(tmp_path)
+    (tmp_path / "_config.yml").write_text("repository:\n  url: https://github.com/o/r\n  branch: v0.2.0\n")
+    assert book.release(tmp_path) == ("https://github.com/o/r", "v0.2.0")
+
+
+def test_every_chapter_has_a_teaching_page_in_the_toc():
+    import yaml
+    toc = (book.ROOT / "_toc.yml").read_text()
+    for nb in book.notebooks():
+        if nb.stem.startswith(("00", "9")):
+            continue
+        page = book.ROOT / "book" / "teaching" / f"{nb.stem}.md"
+        assert page.exists() and f"file: book/teaching/{nb.stem}" in toc, f"no teaching page for {nb.stem}"
+        text = page.read_text()
+        for heading in ("Learning goals", "Session plan", "Exercises", "Discussion"):
+            assert re.search(rf"^## {heading}.* / ", text, re.M), f"{page.name}: no '{heading}' section"
+        assert f"../../notebooks/{nb.stem}" in text, f"{page.name}: no link to its chapter"
+        solutions_en, solutions_ja = text.count("{dropdown} Solution"), text.count("{dropdown} 解答")
+        assert solutions_en == solutions_ja >= 3, f"{page.name}: {solutions_en} / {solutions_ja} hidden solutions"
+    assert yaml.safe_load(toc)
+
+
 def test_unknown_profile_fails_before_running(tmp_path):
     with pytest.raises(ValueError, match="unknown profile"):
         book.run_notebook(book.notebooks()[0], profile="gpu", out_dir=tmp_path)
-
-
-@pytest.fixture(scope="session")
-def built_book(tiny):
-    return book.build("ci")
 
 
 @pytest.mark.slow
@@ -72,6 +111,11 @@ def test_book_builds_with_glued_numbers_from_the_run(built_book):
     assert "マイクロワールド" in html and "micro-world" in html
     assert html.count("<img") >= 6  # sample grids, curves, confusion matrices, AU chart
     assert (built_book / "index.html").exists() and (built_book / "book" / "glossary.html").exists()
+    # the published folder states its edition on the front page and is ready for a static host
+    info = json.loads((book.SITE / "build_info.json").read_text())
+    intro = (built_book / "book" / "intro.html").read_text()
+    assert info["profile"] == "ci" and info["date"][:10] in intro and info["commit"] in intro
+    assert f"torch {info['versions']['torch']}" in intro and (built_book / ".nojekyll").exists()
 
 
 @pytest.mark.slow

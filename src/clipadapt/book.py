@@ -3,6 +3,7 @@
     python -m clipadapt.book build --profile ci      # what `make book` runs
     python -m clipadapt.book run notebooks/00_backbone.ipynb --profile ci
     python -m clipadapt.book check                    # English/Japanese parity of every page
+    python -m clipadapt.book colab                    # write the Colab button and install cell into every notebook
 
 Notebooks execute into `_build/site/notebooks/` (the committed notebooks stay output-free); the book is then built
 from `_build/site/` with execution off and warnings as errors, into `_build/html/`.
@@ -58,6 +59,20 @@ def stage(root: Path = ROOT, site: Path = SITE) -> None:
             shutil.copy2(src, dst)
 
 
+def write_build_info(profile: str, site: Path = SITE) -> dict:
+    """The edition the front page states (read by clipadapt.sphinxext): date, profile, commit, versions."""
+    from datetime import datetime, timezone
+    from importlib.metadata import version
+    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "profile": profile,
+            "commit": git.stdout.strip() if git.returncode == 0 else "(not a git checkout)",
+            "versions": {name: version(name) for name in ("clipadapt", "torch", "open_clip_torch", "peft",
+                                                           "transformers", "timm", "jupyter-book", "myst-nb")}}
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "build_info.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
 def build_html(site: Path = SITE) -> Path:
     """jupyter-book build with execution off and warnings as errors; returns the html folder."""
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(site), "--path-output", str(ROOT / "_build"),
@@ -76,9 +91,76 @@ def build(profile: str = "ci", run: bool = True) -> Path:
         for nb in notebooks():
             run_notebook(nb, profile)
     stage()
+    write_build_info(profile)
     html = build_html()
     print(f"book built: {html / 'index.html'}")
     return html
+
+
+# ---------------------------------------------------------------- Colab
+
+COLAB = "https://colab.research.google.com"
+
+
+def release(root: Path = ROOT) -> tuple[str, str]:
+    """(repository URL, release tag) from _config.yml's `repository` (the tag is also the launch buttons' branch).
+
+    The tag must be "v" + the package version in pyproject.toml: Colab installs exactly the code the book describes.
+    """
+    import tomllib
+
+    import yaml
+    repo = yaml.safe_load((root / "_config.yml").read_text())["repository"]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    if repo["branch"] != f"v{version}":
+        raise ValueError(f"_config.yml repository.branch is {repo['branch']!r} but pyproject.toml's version is "
+                         f"{version!r}: set the branch to 'v{version}' (the release tag) and run "
+                         f"`python -m clipadapt.book colab`")
+    return repo["url"].rstrip("/"), repo["branch"]
+
+
+def colab_url(nb: Path, root: Path = ROOT) -> str:
+    url, tag = release(root)
+    return f"{COLAB}/github/{url.split('github.com/')[1]}/blob/{tag}/{Path(nb).relative_to(root).as_posix()}"
+
+
+def colab_cells(nb: Path, root: Path = ROOT) -> tuple[str, str]:
+    """The sources of a notebook's Colab button (markdown) and install cell (code, the first code cell)."""
+    url, tag = release(root)
+    button = (f"```{{button-link}} {colab_url(nb, root)}\n:color: primary\n:outline:\n\n"
+              f"Open in Colab / Colab で開く\n```")
+    install = f"""# On Colab or a fresh machine: install clipadapt at the book's release tag (nothing happens where it is installed).
+# pip installs the versions pinned in the tag's pyproject.toml; the clone also brings data_scripts/.
+import importlib, importlib.util, os, subprocess, sys
+if importlib.util.find_spec("clipadapt") is None:
+    if not os.path.isdir("clipadapt"):
+        subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", "{tag}",
+                        "{url}", "clipadapt"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "./clipadapt"], check=True)
+    importlib.invalidate_caches()
+    os.chdir("clipadapt")  # results/ and data_scripts/ are relative to the repository"""
+    return button, install
+
+
+def sync_colab(root: Path = ROOT) -> list[Path]:
+    """Write (or refresh) the Colab button after the title and the install cell before the code of every notebook.
+
+    Returns the notebooks that changed. The cells are found by their tags `colab-button` and `colab-install`.
+    """
+    import nbformat
+    changed = []
+    for path in notebooks(root):
+        nb = nbformat.read(path, as_version=4)
+        button, install = colab_cells(path, root)
+        before = nbformat.writes(nb)
+        nb.cells = [c for c in nb.cells if not {"colab-button", "colab-install"} & set(c.metadata.get("tags", []))]
+        nb.cells[1:1] = [nbformat.v4.new_markdown_cell(button, id="colab-button", metadata={"tags": ["colab-button"]}),
+                         nbformat.v4.new_code_cell(install, id="colab-install",
+                                                   metadata={"tags": ["colab-install", "hide-input"]})]
+        if nbformat.writes(nb) != before:
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
 
 
 # ---------------------------------------------------------------- bilingual parity
@@ -177,11 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("notebook")
     r.add_argument("--profile", default="ci")
     sub.add_parser("check", help="check that every page and section has English and Japanese")
+    sub.add_parser("colab", help="write the Colab button and install cell (release tag from _config.yml) into every notebook")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         build(a.profile, run=not a.no_run)
     elif a.cmd == "run":
         run_notebook(Path(a.notebook), a.profile)
+    elif a.cmd == "colab":
+        print("\n".join(f"updated {p.name}" for p in sync_colab()) or "every notebook is up to date")
     else:
         errs = check_parity()
         print("\n".join(errs) or "every page and section has English and Japanese")
