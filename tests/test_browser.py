@@ -134,7 +134,9 @@ def test_language_switch_shows_japanese_and_keeps_it_across_pages(site, browser)
 def test_search_finds_terms_in_both_languages(site, browser, term, page):
     v = Visit(browser, site)
     p = v.open(f"search.html?q={term}")
-    p.wait_for_function("() => document.querySelectorAll('#search-results li').length > 0", timeout=20_000)
+    # Sphinx lists the hits one by one, then writes the summary: wait for the summary
+    p.wait_for_function("() => /Search finished|did not match/.test("
+                        "document.querySelector('#search-results .search-summary')?.innerText || '')", timeout=30_000)
     hits = p.evaluate("() => [...document.querySelectorAll('#search-results li a')].map(a => a.href)")
     v.ctx.close()
     assert any(page in h for h in hits), f"searching {term!r} did not find {page}: {hits}"
