@@ -9,22 +9,35 @@ CIFAR-10-C and CIFAR-100-C: one .tar each from Zenodo (records 2535967 and 35555
 ImageNet-C: the four corruption-family tars of Zenodo record 2235448 (noise, blur, weather, digital; tens of GB),
 unpacked into <root>/ImageNet-C/<corruption>/<severity>/<wnid>/. If you already have ImageNet-C, skip this and pass
 its parent folder as the notebook's `data_root` (or set CLIPADAPT_DATA). Re-running skips what is already there.
+
+Every tar is checked against the MD5 that Zenodo publishes for it (read from the record's API entry); an interrupted
+download resumes where it stopped, so a cluster job can prepare a shared data root once.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tarfile
+import urllib.request
 from pathlib import Path
 
 from clipadapt.data.corruptions import CORRUPTIONS
 from clipadapt.data.registry import DATASETS, data_root
 from clipadapt.utils import download
 
-ZENODO = {
-    "cifar10-c": ("https://zenodo.org/records/2535967/files", ["CIFAR-10-C.tar"]),
-    "cifar100-c": ("https://zenodo.org/records/3555552/files", ["CIFAR-100-C.tar"]),
-    "imagenet-c": ("https://zenodo.org/records/2235448/files", ["noise.tar", "blur.tar", "weather.tar", "digital.tar"]),
+ZENODO_URL = "https://zenodo.org"
+ZENODO = {  # dataset: (Zenodo record, the files it needs)
+    "cifar10-c": ("2535967", ["CIFAR-10-C.tar"]),
+    "cifar100-c": ("3555552", ["CIFAR-100-C.tar"]),
+    "imagenet-c": ("2235448", ["noise.tar", "blur.tar", "weather.tar", "digital.tar"]),
 }
+
+
+def zenodo_checksums(record: str) -> dict[str, str]:
+    """{file name: "md5:<hex>"} as the Zenodo record publishes them."""
+    with urllib.request.urlopen(f"{ZENODO_URL}/api/records/{record}", timeout=60) as r:
+        files = json.load(r)["files"]
+    return {f["key"]: f["checksum"] for f in files}
 
 
 def is_ready(name: str, folder: Path) -> bool:
@@ -43,14 +56,13 @@ def main() -> None:
     if is_ready(a.dataset, folder):
         print(f"{spec.folder}: already at {folder}")
         return
-    base, tars = ZENODO[a.dataset]
+    record, tars = ZENODO[a.dataset]
+    checksums = zenodo_checksums(record)
     # CIFAR tars hold the folder itself; the ImageNet-C tars hold the corruption folders
     dest = root if a.dataset != "imagenet-c" else folder
     dest.mkdir(parents=True, exist_ok=True)
     for name in tars:
-        tar = root / name
-        if not tar.exists():
-            download(f"{base}/{name}", tar)
+        tar = download(f"{ZENODO_URL}/records/{record}/files/{name}", root / name, checksums[name])
         with tarfile.open(tar) as t:
             t.extractall(dest, filter="data")
     if not is_ready(a.dataset, folder):

@@ -31,6 +31,14 @@ URLS = {
     "stanford_dogs": ["http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar",
                       "http://vision.stanford.edu/aditya86/ImageNetDogs/lists.tar"],
 }
+# MD5s the releases are checked against by common loaders (torchvision's Flowers102; CUB-200-2011 loaders). Stanford
+# Dogs publishes none, so its files are only checked for completeness.
+CHECKSUMS = {
+    "CUB_200_2011.tgz": "md5:97eceeb196236b17998738112f37df78",
+    "102flowers.tgz": "md5:52808999861908f626f3c1f4e79d11fa",
+    "imagelabels.mat": "md5:e0620be6f572b9609742df49c70aed4d",
+    "setid.mat": "md5:a5357ecc9cb78c4bef273ce3793fc85c",
+}
 
 
 def unpack(path: Path, dest: Path) -> None:
@@ -61,10 +69,8 @@ def main() -> None:
             raise SystemExit(f"{a.dataset} has no public download; get the release ({FGVC[a.dataset][1]}) and pass "
                              f"it with --archive PATH")
         for url in URLS[a.dataset]:
-            dest = folder / url.rsplit("/", 1)[1]
-            if not dest.exists():
-                download(url, dest)
-            archives.append(dest)
+            name = url.rsplit("/", 1)[1]
+            archives.append(download(url, folder / name, CHECKSUMS.get(name)))
     for p in archives:
         unpack(p, source)
     out = write_splits(a.dataset, a.root)

@@ -32,7 +32,7 @@ def main() -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tar = Path(a.archive).expanduser() if a.archive else folder.parent / "mmimdb.tar.gz"
     if not tar.exists():
-        download(URL, tar)
+        download(URL, tar)   # no checksum is published for this archive; an interrupted download resumes
     with tarfile.open(tar) as t:   # the archive holds mmimdb/dataset/...
         t.extractall(folder.parent, filter="data")
     if not (folder / "dataset").is_dir():

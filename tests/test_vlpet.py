@@ -14,7 +14,11 @@ from clipadapt.models import seq2seq
 
 @pytest.fixture(scope="module")
 def small():
-    """A randomly initialised tiny VL-BART (the ci architecture) with the micro-world tokenizer."""
+    return small_vl()
+
+
+def small_vl():
+    """A randomly initialised tiny VL-BART (the ci architecture) with the micro-world tokenizer, a split, features."""
     torch.manual_seed(0)
     tok = seq2seq.build_word_tokenizer(vltasks.language_corpus(60, 1))
     lm = seq2seq.tiny_lm(seq2seq.TinyLMConfig(d_model=32, heads=2, ffn=64), len(tok))

@@ -10,6 +10,11 @@ returned, so a chapter can say which is which; on a GPU also the peak memory of 
 loop instead selects the epoch that scores best on validation, puts its weights back and scores the test split once
 (model selection that does not look at the test split). Models that need their own optimiser groups (PE-CLIP: adapters and prompts at different rates)
 pass them as `param_groups`; `score` turns predictions into the metrics a chapter reports (accuracy, or UAR/WAR).
+
+The loop runs through Hugging Face `accelerate`: mixed precision and gradient accumulation come from the config, and
+under a distributed launcher (`accelerate launch` on several GPUs or machines, `torchrun`) the model is wrapped in DDP
+and every process reads its share of each batch, so the effective batch, the number of steps and the results stay
+those of one process. In a plain single process nothing is wrapped and the numbers are those of a bare loop.
 """
 from __future__ import annotations
 
@@ -46,6 +51,8 @@ class FitConfig:
     cosine_epochs: int | None = None   # length of the cosine (timm's t_initial); None: `epochs`
     mixup: float = 0.0       # probability of mixup per batch (timm's Mixup, alpha 0.4 as PE-CLIP); 0: off
     seed: int = 0
+    mixed_precision: str = "no"   # accelerate's "no", "fp16" or "bf16" (a GPU's autocast)
+    grad_accum: int = 1      # batches whose gradients add up before one optimiser step (accelerate's accumulation)
 
     def evaluates(self, epoch: int) -> bool:
         """Whether test accuracy is measured after `epoch` (0-based)."""
@@ -73,10 +80,27 @@ def labels_of(data: Dataset) -> torch.Tensor:
     return data.tensors[1] if hasattr(data, "tensors") else data.labels
 
 
-def batches(data: Dataset, batch_size: int, generator: torch.Generator | None = None, num_workers: int = 0):
-    """Batches of `data` (shuffled with `generator`, else in order), each fetched by one list-indexed call."""
+class _Shard:
+    """Process `index` of `count` takes every `count`-th example of each batch (DDP with the batch split)."""
+
+    def __init__(self, sampler: BatchSampler, index: int, count: int):
+        self.sampler, self.index, self.count = sampler, index, count
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield batch[self.index::self.count]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def batches(data: Dataset, batch_size: int, generator: torch.Generator | None = None, num_workers: int = 0,
+            shard: tuple[int, int] = (0, 1)):
+    """Batches of `data` (shuffled with `generator`, else in order), each fetched by one list-indexed call; with
+    `shard=(i, n)`, process i of n fetches only its share of every batch (the order is the same on every process)."""
     order = RandomSampler(data, generator=generator) if generator is not None else SequentialSampler(data)
-    return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+    sampler = BatchSampler(order, batch_size, drop_last=False)
+    return DataLoader(data, sampler=_Shard(sampler, *shard) if shard[1] > 1 else sampler, batch_size=None,
                       num_workers=num_workers)
 
 
@@ -94,6 +118,16 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 256, num_workers:
 
 def accuracy_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"acc": accuracy(pred, labels)}
+
+
+def accelerator(device: torch.device | str, mixed_precision: str = "no", grad_accum: int = 1):
+    """accelerate's Accelerator for a model on `device`: the launcher's process and device under a distributed
+    launcher (`accelerate launch`, `torchrun`), else this process on `device` (the CPU stays the CPU)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    return Accelerator(cpu=torch.device(device).type == "cpu", mixed_precision=mixed_precision,
+                       gradient_accumulation_steps=grad_accum,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: FitConfig | None = None,
@@ -122,8 +156,10 @@ def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: FitConf
                               warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.warmup_lr, warmup_prefix=False)
     n_classes = int(labels_of(train).max()) + 1
     mix = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, prob=cfg.mixup, num_classes=n_classes) if cfg.mixup else None
-    dev = next(model.parameters()).device
-    cuda = dev.type == "cuda"
+    acc = accelerator(next(model.parameters()).device, cfg.mixed_precision, cfg.grad_accum)
+    dev, cuda = acc.device, acc.device.type == "cuda"
+    train_model, opt = acc.prepare(model, opt) if acc.num_processes > 1 else (model.to(dev), acc.prepare(opt))
+    opt.zero_grad(set_to_none=True)   # gradients left by an earlier pass (e.g. SPT's sensitivity) must not count
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -134,17 +170,18 @@ def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: FitConf
         sched.step(epoch)
         model.train()
         t0, losses = time.perf_counter(), []
-        for x, y in batches(train, cfg.batch_size, g, cfg.num_workers):
+        for x, y in batches(train, cfg.batch_size, g, cfg.num_workers, (acc.process_index, acc.num_processes)):
             x, y = x.to(dev), y.to(dev)
-            if mix is not None and len(y) % 2 == 0:   # timm's Mixup pairs the batch with its reverse
-                x, soft = mix(x, y)
-                loss = torch.sum(-soft * F.log_softmax(model(x), dim=1), dim=1).mean()
-            else:
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            with acc.accumulate(train_model), acc.autocast():
+                if mix is not None and len(y) % 2 == 0:   # timm's Mixup pairs the batch with its reverse
+                    x, soft = mix(x, y)
+                    loss = torch.sum(-soft * F.log_softmax(train_model(x), dim=1), dim=1).mean()
+                else:
+                    loss = F.cross_entropy(train_model(x), y)
+                acc.backward(loss)
+                opt.step()        # with accumulation, accelerate steps and clears only on the last batch of a group
+                opt.zero_grad(set_to_none=True)
+            losses.append(acc.reduce(loss.detach(), "mean").item())
             steps += 1
         t_train += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": float(np.mean(losses))}

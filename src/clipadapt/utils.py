@@ -31,14 +31,57 @@ def progress(iterable=None, **kw):
     return tqdm(iterable, **kw)
 
 
-def download(url: str, dest: Path) -> None:
-    """Download `url` to `dest` with a progress bar (through a .part file, so an interrupted download is redone)."""
+class ChecksumError(RuntimeError):
+    """A downloaded or existing file does not have the checksum its source publishes."""
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    import hashlib
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: Path, checksum: str) -> None:
+    """Check `path` against "md5:<hex>" or "sha256:<hex>"; a mismatch moves it to `<name>.corrupt` and raises."""
+    algorithm, _, expected = checksum.partition(":")
+    got = file_digest(path, algorithm)
+    if got != expected.lower():
+        bad = path.with_name(path.name + ".corrupt")
+        path.replace(bad)
+        raise ChecksumError(f"{path.name}: {algorithm} is {got}, the source publishes {expected}. The file was moved "
+                            f"to {bad}; run the same command again to download it anew (delete {bad} when done).")
+
+
+def download(url: str, dest: Path, checksum: str | None = None, timeout: float = 60) -> Path:
+    """Download `url` to `dest` with a progress bar; resumable, and verified when the source publishes a checksum.
+
+    The bytes go to `<dest>.part`; a run interrupted there resumes with an HTTP Range request (servers that ignore it
+    send the whole file, which restarts it). `checksum` ("md5:<hex>" or "sha256:<hex>") is checked on the finished
+    file and on a `dest` that already exists, so a shared data root can be prepared once and re-checked.
+    """
     import urllib.request
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-        total = int(r.headers.get("Content-Length", 0)) or None
-        with progress(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-                bar.update(len(chunk))
-    tmp.replace(dest)
+    dest = Path(dest)
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + ".part")
+        done = tmp.stat().st_size if tmp.exists() else 0
+        req = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            resumed = done and r.status == 206
+            done = done if resumed else 0
+            length = int(r.headers.get("Content-Length", 0))
+            with open(tmp, "ab" if resumed else "wb") as f, \
+                    progress(total=(done + length) or None, initial=done, unit="B", unit_scale=True,
+                             desc=dest.name) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        if length and tmp.stat().st_size != done + length:
+            raise ConnectionError(f"{dest.name}: the connection ended after {tmp.stat().st_size} of {done + length} "
+                                  f"bytes; run the same command again to resume")
+        tmp.replace(dest)
+    if checksum:
+        verify(dest, checksum)
+    return dest

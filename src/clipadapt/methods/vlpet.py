@@ -357,6 +357,8 @@ class TrainConfig:
     num_beams: int = 5
     max_new_tokens: int = 20
     eval_batch: int = 256
+    mixed_precision: str = "no"   # accelerate's "no", "fp16" or "bf16" (a GPU's autocast)
+    grad_accum: int = 1      # batches whose gradients add up before one optimiser step (batch 500 on a small GPU)
 
 
 def _optimizer(model, cfg: TrainConfig, lr: float):
@@ -386,9 +388,11 @@ def to_device(batch: dict, device) -> dict:
 def train_vl(model, split, feats, cfg: TrainConfig, seed: int = 0, show_progress: bool = False,
              desc: str = "train", lr: float | None = None, device: str = "cpu") -> list[float]:
     """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved) on `device`;
-    the loss per step."""
+    the loss per step. Through accelerate as `clipadapt.finetune.fit_classifier`: under a distributed launcher each
+    process takes its share of every batch (DDP), and `cfg` sets mixed precision and gradient accumulation."""
     from transformers import get_linear_schedule_with_warmup
 
+    from ..finetune import accelerator
     from ..models.seq2seq import collate
     from ..utils import progress, seed_everything
     seed_everything(seed)
@@ -396,20 +400,29 @@ def train_vl(model, split, feats, cfg: TrainConfig, seed: int = 0, show_progress
     gen = torch.Generator().manual_seed(seed)
     epochs = [task_batches(split, cfg.batch_size, gen) for _ in range(cfg.epochs)]
     total = sum(len(e) for e in epochs)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total / cfg.grad_accum),
+                                            total // cfg.grad_accum)
+    acc = accelerator(device, cfg.mixed_precision, cfg.grad_accum)
+    train_model, opt = acc.prepare(model, opt) if acc.num_processes > 1 else (model, acc.prepare(opt))
     params = [p for p in model.parameters() if p.requires_grad]
     losses = []
     model.train()
+    opt.zero_grad(set_to_none=True)
     bar = progress(total=total, desc=desc, disable=not show_progress, leave=False)
     for epoch in epochs:
         for idx in epoch:
-            loss = model(to_device(collate([split.examples[i] for i in idx], feats, model.tokenizer), device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+            batch = to_device(collate([split.examples[i] for i in idx[acc.process_index::acc.num_processes]], feats,
+                                      model.tokenizer), acc.device if acc.num_processes > 1 else device)
+            with acc.accumulate(train_model), acc.autocast():
+                loss = train_model(batch)
+                acc.backward(loss)
+                if acc.sync_gradients:   # the last batch of an accumulation group: clip, step, schedule
+                    acc.clip_grad_norm_(params, cfg.clip_grad)
+                opt.step()
+                if acc.sync_gradients:
+                    sched.step()
+                opt.zero_grad(set_to_none=True)
+            losses.append(float(acc.reduce(loss.detach(), "mean")))
             bar.update()
     bar.close()
     model.eval()

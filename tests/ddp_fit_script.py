@@ -1,0 +1,41 @@
+"""Small training runs for tests/test_accelerate.py, by plain python or under a distributed launcher.
+
+    python tests/ddp_fit_script.py fit OUT.json [BATCH GRAD_ACCUM]    # clipadapt.finetune.fit_classifier
+    python tests/ddp_fit_script.py vl OUT.json                        # clipadapt.methods.vlpet.train_vl
+    accelerate launch --multi_gpu --num_processes 2 tests/ddp_fit_script.py fit OUT.json
+"""
+import copy
+import json
+import sys
+
+import torch
+from accelerate import PartialState
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from clipadapt.finetune import FitConfig, fit_classifier
+
+mode, out_path, *rest = sys.argv[1:]
+if mode == "fit":
+    torch.manual_seed(0)
+    X = torch.randn(512, 20)
+    y = (X @ torch.randn(20, 4)).argmax(1)
+    model = nn.Sequential(nn.Linear(20, 32), nn.GELU(), nn.Linear(32, 4))
+    batch, accum = (int(rest[0]), int(rest[1])) if rest else (32, 1)
+    out = fit_classifier(model, TensorDataset(X[:384], y[:384]), TensorDataset(X[384:], y[384:]),
+                         FitConfig(epochs=6, batch_size=batch, warmup_epochs=1, eval_every=2, eval_last=1, lr=3e-3,
+                                   grad_accum=accum))
+    result = {"history": out["history"], "best": out["best"], "last": out["last"]}
+else:
+    from test_vlpet import small_vl
+
+    from clipadapt.methods import vlpet
+    model0, split, feats = small_vl()
+    torch.manual_seed(3)
+    model = vlpet.apply_method(copy.deepcopy(model0), "vl-pet-large")
+    result = {"losses": vlpet.train_vl(model, split, feats, vlpet.TrainConfig(epochs=8, batch_size=8, lr=3e-2), seed=3)}
+state = PartialState()
+if state.is_main_process:
+    result.update(processes=state.num_processes,
+                  weights=[p.detach().double().sum().item() for p in model.parameters() if p.requires_grad])
+    json.dump(result, open(out_path, "w"))
