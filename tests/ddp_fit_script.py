@@ -2,6 +2,7 @@
 
     python tests/ddp_fit_script.py fit OUT.json [BATCH GRAD_ACCUM]    # clipadapt.finetune.fit_classifier
     python tests/ddp_fit_script.py vl OUT.json                        # clipadapt.methods.vlpet.train_vl
+    python tests/ddp_fit_script.py tta OUT.json DATA_ROOT             # clipadapt.methods.tta.corruption_benchmark
     accelerate launch --multi_gpu --num_processes 2 tests/ddp_fit_script.py fit OUT.json
 """
 import copy
@@ -26,6 +27,23 @@ if mode == "fit":
                          FitConfig(epochs=6, batch_size=batch, warmup_epochs=1, eval_every=2, eval_last=1, lr=3e-3,
                                    grad_accum=accum))
     result = {"history": out["history"], "best": out["best"], "last": out["last"]}
+elif mode == "tta":   # fake CIFAR-10-C under DATA_ROOT (tests/test_accelerate.py writes it), the tiny CLIP
+    from clipadapt.methods.batclip import bench_setup
+    from clipadapt.methods.tta import corruption_benchmark
+    from clipadapt.models.loader import TINY_NAME, TINY_TAG, load_clip
+    s = bench_setup("paper", "cifar10-c", data_root=rest[0])
+    methods = {"zero-shot": {"method": "zero-shot"}, "BATCLIP": {"method": "batclip", **s.optim},
+               "Tent": {"method": "tent", **s.optim}}
+    loads = []   # (process, stream) of every backbone this process loaded
+
+    def backbone():
+        loads.append(PartialState().process_index)   # set up by corruption_benchmark
+        return load_clip(TINY_NAME, TINY_TAG)
+    df = corruption_benchmark(backbone, s.source, methods, ["fog", "snow", "frost"], (5, 3), batch_size=4, seed=0,
+                              show_progress=False)
+    model = nn.Linear(1, 1)   # nothing trained here; the table is the result
+    from accelerate.utils import gather_object
+    result = {"table": df.drop(columns="seconds").to_dict("records"), "loads": gather_object(loads)}
 else:
     from test_vlpet import small_vl
 

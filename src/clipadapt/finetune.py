@@ -120,11 +120,25 @@ def accuracy_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"acc": accuracy(pred, labels)}
 
 
+def distributed() -> bool:
+    """Whether this process was started by a distributed launcher (`accelerate launch`, `torchrun`) with others."""
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def accelerator(device: torch.device | str, mixed_precision: str = "no", grad_accum: int = 1):
     """accelerate's Accelerator for a model on `device`: the launcher's process and device under a distributed
-    launcher (`accelerate launch`, `torchrun`), else this process on `device` (the CPU stays the CPU)."""
+    launcher (`accelerate launch`, `torchrun`), else this process on `device` (the CPU stays the CPU).
+
+    accelerate keeps one state per process and refuses a second Accelerator with another device or precision; a
+    plain process (a notebook kernel) starts a fresh state on every call, so loops with different settings can run
+    one after the other."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedDataParallelKwargs
+    if not distributed():
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     return Accelerator(cpu=torch.device(device).type == "cpu", mixed_precision=mixed_precision,
                        gradient_accumulation_steps=grad_accum,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])

@@ -70,6 +70,8 @@ class HeadConfig:
     lr: float = 1e-3
     monitor_fraction: float = 0.2   # held out from the head's training to watch loss and pair AUC
     seed: int = 0
+    device: str = "cpu"             # where the head trains ("cuda" for the paper's large embedding sets)
+    mixed_precision: str = "no"     # accelerate's "no", "fp16" or "bf16" (a GPU's autocast)
 
 
 def pair_auc(z: torch.Tensor, y: torch.Tensor) -> float:
@@ -83,13 +85,20 @@ def pair_auc(z: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train_head(x: np.ndarray, y: np.ndarray, cfg: HeadConfig | None = None) -> tuple[ProjectionHead, list[dict]]:
-    """Train a projection head on embeddings `x` with labels `y`; returns it and a per-epoch history."""
+    """Train a projection head on embeddings `x` with labels `y`; returns it (on the CPU) and a per-epoch history.
+
+    Device placement and mixed precision come from accelerate (`cfg.device`, `cfg.mixed_precision`). The head
+    always trains in one process: its loss compares every pair of a mini-batch, so splitting a batch across DDP
+    processes would drop the pairs between shares, and the head trains in seconds to minutes anyway."""
+    from ..finetune import accelerator
     cfg = cfg or HeadConfig()
     if len(x) != len(y):
         raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
     if len(np.unique(y)) < 2:
         raise ValueError("the contrastive head needs at least two classes among the labelled samples")
     seed_everything(cfg.seed)
+    acc = accelerator(cfg.device, cfg.mixed_precision)
+    dev = torch.device(cfg.device) if acc.num_processes > 1 else acc.device   # one process: no DDP (see above)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(x))
     n_mon = int(round(cfg.monitor_fraction * len(x)))
@@ -98,7 +107,8 @@ def train_head(x: np.ndarray, y: np.ndarray, cfg: HeadConfig | None = None) -> t
     head = ProjectionHead(x.shape[1], cfg.out_dim)
     head.mean.copy_(xt[fit].mean(0))   # standardise the inputs, as the authors' example does before the projector
     head.scale.copy_(xt[fit].std(0).clamp_min(1e-6))
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    head, xt, yt = head.to(dev), xt.to(dev), yt.to(dev)
+    opt = acc.prepare_optimizer(torch.optim.Adam(head.parameters(), lr=cfg.lr))   # fp16: the loss scaler steps it
     g = torch.Generator().manual_seed(cfg.seed)
     history = []
     for epoch in range(cfg.epochs):
@@ -109,18 +119,20 @@ def train_head(x: np.ndarray, y: np.ndarray, cfg: HeadConfig | None = None) -> t
             idx = perm[b:b + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            loss = pair_loss(head(xt[idx]), yt[idx], cfg.temperature)
+            with acc.autocast():
+                loss = pair_loss(head(xt[idx]).float(), yt[idx], cfg.temperature)
             opt.zero_grad()
-            loss.backward()
+            acc.backward(loss)
             opt.step()
             losses.append(loss.item())
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if n_mon >= 2:
             with torch.no_grad():
-                zm = head(xt[mon])
-                row.update(monitor_loss=pair_loss(zm, yt[mon], cfg.temperature).item(), monitor_pair_auc=pair_auc(zm, yt[mon]))
+                zm = head(xt[mon]).float().cpu()
+                row.update(monitor_loss=pair_loss(zm, yt[mon].cpu(), cfg.temperature).item(),
+                           monitor_pair_auc=pair_auc(zm, yt[mon].cpu()))
         history.append(row)
-    return head.eval(), history
+    return head.cpu().eval(), history
 
 
 # ---- representations: raw, PCA or head, joint or per modality

@@ -173,26 +173,41 @@ def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], cor
     `source` is a `clipadapt.data.streams` source. `methods` maps a row label to `{"method": registry name,
     "n": first n images only (optional, e.g. for slow TPT), **config overrides}`. Returns a tidy DataFrame: method,
     corruption, severity, seed, accuracy (%), seconds (wall time of the stream), images.
+
+    Under a distributed launcher (`accelerate launch --num_processes N`, one process per GPU) the streams are dealt
+    out to the processes: each stream still runs whole, in order, from a fresh model on one device (adaptation stays
+    online per stream, as the papers define it), and every process returns the same table as a single process would.
     """
     import time
 
     import pandas as pd
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
 
     from ..utils import progress, seed_everything
     from . import build_method
 
-    rows = []
+    from ..finetune import distributed
+    state = PartialState(cpu=not torch.cuda.is_available()) if distributed() else None   # gloo on a CPU launch
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     jobs = [(c, s) for s in severities for c in corruptions]
-    for c, s in progress(jobs, desc=f"{source.name} streams", disable=not show_progress):
+    mine = list(enumerate(jobs))[rank::world]
+    rows = []
+    for k, (c, s) in progress(mine, desc=f"{source.name} streams", disable=not show_progress or rank > 0):
         x, y = source.stream(c, s, seed)
-        for label, spec in methods.items():
+        for j, (label, spec) in enumerate(methods.items()):
             spec = dict(spec)
             n = spec.pop("n", None) or len(y)
             seed_everything(seed)
             bb = load_backbone_fn()
+            if state is not None:   # this process's GPU (or the CPU of a CPU launch)
+                bb.model.to(state.device)
             m = build_method(spec.pop("method"), bb.model, bb.tokenizer, source.classes, **spec)
             t0 = time.perf_counter()
             r = m.run_stream(x[:n], y[:n], batch_size, bb.preprocess)
             rows.append({"method": label, "corruption": c, "severity": s, "seed": seed, "accuracy": r["accuracy"],
-                         "seconds": time.perf_counter() - t0, "images": n})
-    return pd.DataFrame(rows)
+                         "seconds": time.perf_counter() - t0, "images": n, "_order": (k, j)})
+    if state is not None:
+        rows = gather_object(rows)
+    rows.sort(key=lambda r: r["_order"])   # the order of a single process
+    return pd.DataFrame(rows).drop(columns="_order")
