@@ -166,14 +166,14 @@ class PETAttention(nn.Module):
 
 
 class PETFeedForward(nn.Module):
-    """A feed-forward block (T5's DenseReluDense) whose output passes through a PET module."""
+    """A sublayer (T5's DenseReluDense, a ViT block's attention or MLP) whose output passes through a PET module."""
 
     def __init__(self, ffn: nn.Module, pet: PETModule):
         super().__init__()
         self.inner, self.pet = ffn, pet
 
-    def forward(self, x):
-        return self.pet(x, self.inner(x))
+    def forward(self, x, *args, **kwargs):
+        return self.pet(x, self.inner(x, *args, **kwargs))
 
 
 class _Tap(nn.Module):
@@ -244,11 +244,10 @@ def add_vlpet(lm, cfg: VLPETConfig) -> None:
     """Insert VL-PET modules into a BART or T5 `lm` in place (encoder: after self-attention and FFN; decoder: the
     cross-attention value adapter, or VL-Adapter's three adapters when `lightweight_decoder` is False)."""
     d = lm.config.d_model
-    r, rg, rd = d // cfg.adapter_reduction, d // cfg.gate_reduction, d // cfg.decoder_reduction
+    rd = d // cfg.decoder_reduction
 
     def make_pet(gated=True):
-        gate = Gate(cfg.granularity, d, rg, cfg.zero_init_up) if (gated and cfg.granularity) else None
-        return PETModule(d, r, cfg.heads, gate, cfg.scale if gate is not None else 1.0, cfg.zero_init_up)
+        return _make_pet(cfg, d, gated)
 
     enc, dec = _sublayers(lm)
     for layer in enc:
@@ -271,6 +270,28 @@ def add_vlpet(lm, cfg: VLPETConfig) -> None:
                 _wrap_attn(layer, "self_attn", plain)
                 _wrap_attn(layer, "encoder_attn", plain)
             _wrap_ffn(layer, lm, plain)
+
+
+def _make_pet(cfg: VLPETConfig, d: int, gated: bool = True) -> PETModule:
+    gate = Gate(cfg.granularity, d, d // cfg.gate_reduction, cfg.zero_init_up) if (gated and cfg.granularity) else None
+    return PETModule(d, d // cfg.adapter_reduction, cfg.heads, gate, cfg.scale if gate is not None else 1.0,
+                     cfg.zero_init_up)
+
+
+def add_to_vit(vit: nn.Module, cfg: VLPETConfig = VLPETConfig()) -> nn.Module:
+    """VL-PET's encoder design on a timm ViT image classifier, in place (the arena's image tower): a PET module
+    after the self-attention and after the MLP of every block; those modules, every LayerNorm (VL-PET trains the
+    encoder's) and the classification head train, the rest is frozen."""
+    vit.requires_grad_(False)
+    d = vit.embed_dim
+    for blk in vit.blocks:
+        blk.attn = PETFeedForward(blk.attn, _make_pet(cfg, d))
+        blk.mlp = PETFeedForward(blk.mlp, _make_pet(cfg, d))
+    for m in vit.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.requires_grad_(True)
+    vit.get_classifier().requires_grad_(True)
+    return vit
 
 
 def _is_layer_norm(name: str) -> bool:

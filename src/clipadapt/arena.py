@@ -1,0 +1,431 @@
+"""The arena: the book's methods side by side on one backbone, one set of tasks and one measurement.
+
+None of the five papers compares itself with the other four. Here every method starts from the same CLIP (the tiny
+one on `ci`, OpenAI's ViT-B/16 on `paper`), sees the same few labelled images of a task, trains with the same loop
+(`clipadapt.finetune.fit_classifier`: AdamW, cosine schedule, no augmentation) and is measured the same way:
+accuracy on the task's test split, trainable and stored parameters, the memory of one training step
+(`clipadapt.bench.training_memory`), seconds per step and the wall time of the whole adaptation.
+
+Methods (`ARENA`, by name): zero-shot CLIP; a linear probe, full fine-tuning, LoRA (peft), bottleneck adapters and
+SPT-LoRA on the image tower as a timm ViT (SPT's chapter); MaPLe prompts and PE-CLIP's adapters on the two towers
+with text classifiers (PE-CLIP's chapter); VL-PET's gated adapters on the image tower (VL-PET's chapter); a
+contrastive head on the frozen image embeddings with a logistic regression (the contrastive chapter). Image
+classifiers are fed images (batch x 3 x H x W); the CLIP-text models see each image as a clip of one frame. Each
+backbone has its own full fine-tuning as the reference for memory: the image tower with a linear head, and CLIP's
+two towers with the text head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .finetune import FitConfig
+
+TEMPLATE = "a photo of a {}."
+
+
+@dataclass(frozen=True)
+class ArenaConfig:
+    """What every method shares: the few-shot sample and the training schedule; each method's own sizes."""
+    shots: int = 16                 # labelled images per class (few-shot; the whole train800 if there are fewer)
+    fit: FitConfig = dataclasses.field(default_factory=lambda: FitConfig(
+        epochs=20, lr=3e-3, warmup_epochs=2, batch_size=32, eval_every=20, eval_last=1))
+    rank: int = 8                   # LoRA rank and adapter bottleneck (SPT's VTAB-1k setting)
+    budget: int | None = None       # SPT-LoRA's backbone parameters (None: what LoRA of `rank` trains)
+    n_ctx: int = 2                  # MaPLe / PE-CLIP prompt vectors per layer
+    prompt_depth: int | None = None # blocks with prompts (None: every block, up to PE-CLIP's 9)
+    head_epochs: int = 200          # the contrastive head's epochs (its chapter's ci setting: few rows, few updates)
+
+
+@dataclass
+class Built:
+    model: nn.Module                # images -> logits over the task's classes (what trains: what requires grad)
+    stored: int                     # numbers to keep per task beyond the shared backbone
+    prepare_s: float = 0.0          # seconds spent before training (SPT's sensitivity pass and allocation)
+    param_groups: list | None = None
+    fit: Callable | None = None     # its own training instead of the shared loop: (train, test, seed) -> dict with
+                                    # value, trainable, stored, train_mb, s_per_step (frozen-embedding methods)
+
+
+@dataclass(frozen=True)
+class ArenaMethod:
+    name: str
+    family: str                     # zero-shot | head | full | PEFT
+    chapter: str                    # where the book explains it
+    backbone: str                   # "image tower" (a timm ViT with a linear head) or "CLIP" (both towers, text head)
+    build: Callable[["Context"], Built]
+
+
+@dataclass
+class Context:
+    clip: object                    # a fresh LoadedCLIP (its own copy of the weights)
+    classes: tuple[str, ...]
+    train: torch.utils.data.Dataset
+    cfg: ArenaConfig
+
+
+ARENA: dict[str, ArenaMethod] = {}
+
+
+def arena_method(name: str, family: str, chapter: str, backbone: str = "image tower"):
+    def deco(fn):
+        if name in ARENA:
+            raise ValueError(f"arena method {name!r} is registered twice")
+        ARENA[name] = ArenaMethod(name, family, chapter, backbone, fn)
+        return fn
+    return deco
+
+
+FULL = {"image tower": "full fine-tuning", "CLIP": "full fine-tuning (CLIP)"}   # each backbone's memory reference
+
+
+def get_method(name: str) -> ArenaMethod:
+    if name not in ARENA:
+        raise ValueError(f"unknown arena method {name!r}; known: {', '.join(ARENA)}")
+    return ARENA[name]
+
+
+# ---- image classifiers on the CLIP's image tower as a timm ViT (SPT's chapter)
+
+def _vit(ctx: Context) -> nn.Module:
+    from .models.vit import clip_image_tower
+    return clip_image_tower(ctx.clip.model.visual, len(ctx.classes))
+
+
+def _trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _spt(kind: str):
+    def build(ctx: Context) -> Built:
+        from .methods import spt
+        vit = _vit(ctx)
+        if kind in ("linear", "full", "lora", "adapter"):
+            spt.prepare(kind, vit, ctx.train, rank=ctx.cfg.rank)
+            return Built(vit, _trainable(vit))
+        budget = ctx.cfg.budget or _lora_budget(ctx)
+        info = spt.prepare(kind, vit, ctx.train, budget=budget, rank=ctx.cfg.rank,
+                           sensitivity_batches=4, sensitivity_batch_size=16)
+        index = info["allocation"].sparse_params   # a sparse entry stores its value and its position
+        return Built(vit, _trainable(vit) + index, prepare_s=info["ranking_s"])
+    return build
+
+
+def _lora_budget(ctx: Context) -> int:
+    """The backbone parameters LoRA of `rank` trains on this tower (SPT-LoRA gets the same budget)."""
+    from .methods import spt
+    vit = _vit(ctx)
+    spt.lora_all(vit, ctx.cfg.rank)
+    return spt.backbone_trainable(vit)
+
+
+def _vlpet(ctx: Context) -> Built:
+    from .methods import vlpet
+    vit = _vit(ctx)
+    vlpet.add_to_vit(vit, vlpet.VLPETConfig())
+    return Built(vit, _trainable(vit))
+
+
+# ---- CLIP with text classifiers (zero-shot, MaPLe prompts, PE-CLIP's adapters); then the registry, in table order
+
+class ImagesAsClips(nn.Module):
+    """A video model (clips x frames x 3 x H x W) used on images: each image is a clip of one frame."""
+
+    def __init__(self, video_model: nn.Module):
+        super().__init__()
+        self.inner = video_model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.inner(images.unsqueeze(1))
+
+
+def _peclip(adapters: bool = False, prompts: bool = False, full: bool = False):
+    def build(ctx: Context) -> Built:
+        from .methods.peclip import PEClip
+        clip = ctx.clip.model
+        depth = min(ctx.cfg.prompt_depth or 9, len(clip.visual.transformer.resblocks))
+        model = PEClip(clip, ctx.clip.tokenizer, [TEMPLATE.format(c) for c in ctx.classes], temporal="tda",
+                       adapters=adapters, prompts=prompts, n_ctx=ctx.cfg.n_ctx, depth=depth)
+        if full:   # both towers, as PE-CLIP's full fine-tuning row (the logits keep PE-CLIP's fixed temperature)
+            for n, p in model.clip.named_parameters():
+                p.requires_grad_(n != "logit_scale")
+        return Built(ImagesAsClips(model), _trainable(model))
+    return build
+
+
+# ---- a contrastive head on frozen embeddings (the contrastive domain-adaptation chapter)
+
+def _contrastive(ctx: Context) -> Built:
+    """The frozen CLIP image embeddings of every image, a contrastive projection head trained on the labelled ones
+    (`contrastive_da.train_head`: the authors' head and pair loss), and a logistic regression on its outputs (the
+    downstream classifier of that chapter that needs no tuning)."""
+    from .bench import training_memory
+    from .finetune import batches, labels_of
+    from .methods import contrastive_da as da
+    clip = ctx.clip.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def embed(data):
+        dev = next(clip.parameters()).device
+        return torch.cat([nn.functional.normalize(clip.encode_image(x.to(dev)), dim=-1).float().cpu()
+                          for x, _ in batches(data, 256)]).numpy()
+
+    def fit(train, test, seed):
+        x_tr, x_te = embed(train), embed(test)
+        y_tr, y_te = labels_of(train).numpy(), labels_of(test).numpy()
+        cfg = da.HeadConfig(epochs=ctx.cfg.head_epochs, seed=seed)
+        f = da.represent("head", "joint", {"image": x_tr}, y_tr, {"image": x_te}, cfg)
+        clf = da.classifiers(seed)["LR"].fit(f.train, y_tr)
+        head = da.ProjectionHead(x_tr.shape[1], cfg.out_dim)
+        batch = torch.as_tensor(x_tr[:cfg.batch_size], dtype=torch.float32)
+        mem = training_memory(head, lambda: da.pair_loss(head(batch), torch.as_tensor(y_tr[:cfg.batch_size])))
+        steps = cfg.epochs * max(1, -(-round(len(x_tr) * (1 - cfg.monitor_fraction)) // cfg.batch_size))
+        n = f.trainable + clf.coef_.size + clf.intercept_.size
+        return {"value": 100 * float(np.mean(clf.predict(f.test) == y_te)), "trainable": n, "stored": n,
+                "train_mb": mem["total_mb"], "s_per_step": f.fit_s / steps}
+    return Built(clip, 0, fit=fit)
+
+
+arena_method("zero-shot", "zero-shot", "backbone", "CLIP")(_peclip())
+arena_method("linear probe", "head", "SPT")(_spt("linear"))
+arena_method("full fine-tuning", "full", "SPT")(_spt("full"))
+arena_method("LoRA", "PEFT", "SPT")(_spt("lora"))
+arena_method("adapter", "PEFT", "SPT")(_spt("adapter"))
+arena_method("SPT-LoRA", "PEFT", "SPT")(_spt("spt-lora"))
+arena_method("VL-PET gated adapters", "PEFT", "VL-PET")(_vlpet)
+arena_method("full fine-tuning (CLIP)", "full", "PE-CLIP", "CLIP")(_peclip(full=True))
+arena_method("MaPLe prompts", "PEFT", "PE-CLIP", "CLIP")(_peclip(prompts=True))
+arena_method("PE-CLIP adapters", "PEFT", "PE-CLIP", "CLIP")(_peclip(adapters=True))
+arena_method("contrastive head", "embeddings", "contrastive DA", "CLIP")(_contrastive)
+
+
+# ---- the runner
+
+def few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Positions of `shots` examples per class (all of a class's examples if it has fewer), drawn by `seed`."""
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:shots] for c in np.unique(labels)]))
+
+
+def step_memory_mb(model: nn.Module, data, batch_size: int) -> float:
+    """The memory one training step holds at `batch_size` (weights, gradients and Adam, saved activations)."""
+    from .bench import training_memory
+    from .finetune import batches
+    dev = next(model.parameters()).device
+    x, y = (t.to(dev) for t in next(iter(batches(data, batch_size))))
+    return training_memory(model, lambda: nn.functional.cross_entropy(model(x), y))["total_mb"]
+
+
+def run(methods, tasks, seeds=(0, 1, 2), cfg: ArenaConfig | None = None, profile: str = "ci",
+        show_progress: bool = True):
+    """Adapt every method to every task from a fresh backbone per seed; a tidy DataFrame, one row per run.
+
+    `tasks`: `clipadapt.data.vtab.Task`s. Columns: method, family, chapter, task, group, seed, metric ("accuracy"),
+    value (%), trainable, total, stored (parameters), train_mb (memory of one training step), s_per_step,
+    adapt_s (preparation + training seconds), shots.
+    """
+    import pandas as pd
+
+    from .bench import count_parameters
+    from .finetune import fit_classifier, predict
+    from .models.loader import load_backbone
+    from .profiles import get_profile
+    from .utils import progress, seed_everything
+    cfg = cfg or ArenaConfig()
+    device = get_profile(profile).device
+    chosen = [get_method(m) for m in methods]
+    rows = []
+    jobs = [(t, m, s) for t in tasks for s in seeds for m in chosen]
+    data = {}
+    for task, method, seed in progress(jobs, desc="arena runs", disable=not show_progress):
+        if data.get("key") != (task.name, seed):   # one few-shot sample per task and seed, shared by all methods
+            clip = load_backbone(profile)
+            idx = few_shot(task.y_train, cfg.shots, seed)
+            data = {"key": (task.name, seed), "test": _dataset(clip, task.x_test, task.y_test),
+                    "train": _dataset(clip, task.x_train[idx], task.y_train[idx])}
+        seed_everything(seed)
+        ctx = Context(load_backbone(profile), tuple(task.classes), data["train"], cfg)
+        t0 = time.perf_counter()
+        built = method.build(ctx)
+        built.model.to(device)
+        counts = count_parameters(built.model)
+        stored = built.stored
+        if built.fit is not None:   # frozen embeddings and a small head of its own
+            r = built.fit(data["train"], data["test"], seed)
+            value, train_mb, s_step, stored = r["value"], r["train_mb"], r["s_per_step"], r["stored"]
+            counts = type(counts)(r["trainable"], counts.total + r["trainable"])
+        elif counts.trainable:
+            train_mb = step_memory_mb(built.model, data["train"], cfg.fit.batch_size)
+            r = fit_classifier(built.model, data["train"], data["test"], dataclasses.replace(cfg.fit, seed=seed),
+                               param_groups=built.param_groups)
+            value, s_step = r["last"], r["s_per_step"]
+        else:
+            train_mb, s_step = float("nan"), float("nan")
+            value = 100 * float(np.mean(predict(built.model, data["test"]) == task.y_test))
+        rows.append({"method": method.name, "family": method.family, "chapter": method.chapter, "task": task.name,
+                     "group": task.group, "seed": seed, "metric": "accuracy", "value": value,
+                     "trainable": counts.trainable, "total": counts.total, "stored": stored,
+                     "train_mb": train_mb, "s_per_step": s_step, "adapt_s": time.perf_counter() - t0,
+                     "shots": cfg.shots})
+    return pd.DataFrame(rows)
+
+
+def _dataset(clip, images, labels):
+    """Images in memory (a small uint8 array) preprocessed once; anything larger or read lazily from files (paper:
+    VTAB-1k test splits of up to 26k images at 224 px) transformed per batch."""
+    from torch.utils.data import TensorDataset
+
+    from .finetune import ImageSet
+    from .models.loader import preprocess_batch
+    if isinstance(images, np.ndarray) and len(images) <= 5000:
+        return TensorDataset(preprocess_batch(clip.preprocess, images), torch.as_tensor(labels, dtype=torch.long))
+    return ImageSet(images, labels, clip.preprocess)
+
+
+def summary(df):
+    """Mean and standard deviation over seeds per method and task group, with the method's costs."""
+    g = df.groupby(["method", "family", "group"])
+    out = g["value"].agg(["mean", "std"]).join(g[["trainable", "stored", "train_mb", "s_per_step"]].mean())
+    return out.reset_index()
+
+
+# ---- the benchmark: the ratios the papers' efficiency claims rest on, measured in one run
+
+RATIO_NEEDS = {   # ratio -> arena methods it needs (test-time methods come from clipadapt.methods' registry)
+    "BATCLIP s per batch / zero-shot s per batch": ("zero-shot",),
+    "TPT s per image / BATCLIP s per image": ("zero-shot",),
+    "SPT sensitivity pass s / one training epoch s": ("SPT-LoRA",),
+    "training memory / full fine-tuning of the same backbone": ("full fine-tuning", "full fine-tuning (CLIP)"),
+}
+
+
+def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: int = 5, seed: int = 0,
+              cfg: ArenaConfig | None = None, show_progress: bool = True) -> dict:
+    """Measure, in this one process, what the efficiency claims compare; returns {"ratios": rows, "raw": timings}.
+
+    - test time, on one batch of the task's test images (the BATCLIP chapter's ci batch of 50): BATCLIP's adapting
+      forward pass against zero-shot inference, and TPT's per-image cost (64 views, one step) against BATCLIP's
+      per-image share of its batch;
+    - SPT's sensitivity pass (16 batches of 32, as the official default) against one epoch of fine-tuning on the
+      task's 1,000 training images (train800 + val200, batch 64, as SPT trains);
+    - every method's memory of one training step against full fine-tuning of the same backbone (the image tower
+      with a linear head, or CLIP's two towers with the text head), and its trainable parameters against its total.
+    Every timing is the median of `repeats` after one warm-up; the raw values are returned too.
+    """
+    from .bench import count_parameters, time_per_step
+    from .data import vtab
+    from .finetune import FitConfig, fit_classifier
+    from .methods import build_method
+    from .methods import spt as spt_mod
+    from .models.loader import load_backbone
+    from .profiles import get_profile
+    from .utils import progress, seed_everything
+    cfg = cfg or ArenaConfig()
+    dev = get_profile(profile).device
+    methods = list(methods) if methods is not None else list(ARENA)
+    for m in methods:
+        get_method(m)
+    for ratio, needs in RATIO_NEEDS.items():
+        for need in needs:
+            if need not in methods:
+                raise ValueError(f"the ratio '{ratio}' needs the arena method {need!r}, which is not among the chosen "
+                                 f"methods ({', '.join(methods)}); add it (known: {', '.join(ARENA)})")
+    seed_everything(seed)
+    t = vtab.load_task(task, n_test=200, seed=seed)
+    clip = load_backbone(profile)
+    test = _dataset(clip, t.x_test, t.y_test)
+    trainval = _dataset(clip, t.x_trainval, t.y_trainval)
+    raw, rows = {}, []
+
+    def timed(name, fn):
+        seed_everything(seed)
+        r = time_per_step(fn, warmup=1, repeats=repeats, device=dev)
+        raw[name] = r
+        return r["s_per_step"]
+
+    # test time
+    batch = test.tensors[0][:50].to(dev)
+    tta = {}
+    for name, kw in (("zero-shot", {}), ("batclip", {"lr": 5e-3}), ("tpt", {})):
+        bb = load_backbone(profile)
+        tta[name] = build_method(name, bb.model, bb.tokenizer, t.classes, **kw)
+    zs = timed("zero-shot s per batch", lambda: tta["zero-shot"](batch))
+    bc = timed("BATCLIP s per batch", lambda: tta["batclip"](batch))
+    tpt = timed("TPT s per image", lambda: tta["tpt"](batch[:1]))
+    rows.append({"ratio": "BATCLIP s per batch / zero-shot s per batch", "value": bc / zs,
+                 "detail": f"batch of {len(batch)}: {bc:.3f} s vs {zs:.3f} s"})
+    rows.append({"ratio": "TPT s per image / BATCLIP s per image", "value": tpt / (bc / len(batch)),
+                 "detail": f"{tpt:.3f} s vs {bc / len(batch):.4f} s"})
+    # SPT: the sensitivity pass against an epoch
+    vit = _vit(Context(load_backbone(profile), tuple(t.classes), trainval, cfg)).to(dev)
+    sens = timed("SPT sensitivity pass s", lambda: spt_mod.sensitivity(vit, trainval, 32, 16))
+    epoch = fit_classifier(spt_mod.full_finetune(vit), trainval, test, FitConfig(epochs=1, batch_size=64,
+                           warmup_epochs=0, eval_every=1, eval_last=1, seed=seed))["s_per_epoch"]
+    raw["one training epoch s (full fine-tuning)"] = {"s_per_step": epoch}
+    rows.append({"ratio": "SPT sensitivity pass s / one training epoch s", "value": sens / epoch,
+                 "detail": f"16 batches of 32: {sens:.2f} s; an epoch of {len(trainval)} images: {epoch:.2f} s"})
+    # memory and parameters of every method
+    mem, params = {}, {}
+    for m in progress(methods, desc="arena methods", disable=not show_progress):
+        seed_everything(seed)
+        built = get_method(m).build(Context(load_backbone(profile), tuple(t.classes), trainval, cfg))
+        built.model.to(dev)
+        params[m] = count_parameters(built.model)
+        if built.fit is not None:   # frozen embeddings: what its own training holds and trains
+            r = built.fit(trainval, test, seed)
+            params[m] = type(params[m])(r["trainable"], params[m].total + r["trainable"])
+            mem[m] = r["train_mb"]
+        else:
+            mem[m] = step_memory_mb(built.model, trainval, cfg.fit.batch_size) if params[m].trainable else 0.0
+        raw[f"{m}: training memory MiB"] = mem[m]
+    for m in methods:
+        ref = FULL[ARENA[m].backbone]
+        if params[m].trainable and m != ref:
+            rows.append({"ratio": f"training memory / {ref}: {m}", "value": mem[m] / mem[ref],
+                         "detail": f"{mem[m]:.1f} MiB vs {mem[ref]:.1f} MiB"})
+    for m in methods:
+        rows.append({"ratio": f"trainable / total parameters: {m}", "value": params[m].fraction,
+                     "detail": f"{params[m].trainable:,} of {params[m].total:,}"})
+    return {"ratios": rows, "raw": raw, "profile": profile, "task": task, "repeats": repeats}
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .profiles import activate
+    p = argparse.ArgumentParser(prog="python -m clipadapt.arena", description="The arena's benchmark: efficiency "
+                                "ratios measured in one run, printed and saved with the raw timings.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="measure and print the ratios")
+    b.add_argument("--profile", default="ci")
+    b.add_argument("--methods", nargs="+", default=None, help=f"arena methods (default all: {', '.join(ARENA)})")
+    b.add_argument("--task", default="digits")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--out", default="results/arena-bench.json", help="where the raw timings and ratios are saved")
+    a = p.parse_args(argv)
+    activate(a.profile)
+    try:
+        res = benchmark(a.methods, a.profile, a.task, a.repeats)
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        print(pd.DataFrame(res["ratios"]).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"raw timings: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The arena (clipadapt.arena): every registered method runs on the same tasks and is measured the same way; the
+same seed gives the same table; counts follow the methods' formulas; the benchmark prints its ratios, saves the raw
+timings and names what is missing."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipadapt import arena
+from clipadapt.data import vtab
+from clipadapt.finetune import FitConfig
+
+QUICK = arena.ArenaConfig(shots=4, fit=FitConfig(epochs=2, lr=3e-3, warmup_epochs=1, batch_size=16, eval_every=2,
+                                                 eval_last=1))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return vtab.load_task("digits", n_test=40)
+
+
+def test_every_registered_method_runs_and_is_measured(digits):
+    df = arena.run(list(arena.ARENA), [digits], seeds=(0,), cfg=QUICK, show_progress=False)
+    assert list(df["method"]) == list(arena.ARENA)
+    assert df["value"].between(0, 100).all() and (df["shots"] == 4).all()
+    trains = df[df["method"] != "zero-shot"]
+    assert (trains["trainable"] > 0).all() and (trains["train_mb"] > 0).all() and (trains["s_per_step"] > 0).all()
+    zs = df.set_index("method").loc["zero-shot"]
+    assert zs["trainable"] == 0 and zs["stored"] == 0 and np.isnan(zs["train_mb"])
+    full = df.set_index("method").loc["full fine-tuning"]
+    assert full["trainable"] == full["total"] == full["stored"]
+    spt = df.set_index("method").loc["SPT-LoRA"]
+    assert spt["stored"] > spt["trainable"], "sparse entries store their positions as well"
+
+
+def test_same_seed_gives_the_same_table(digits):
+    methods = ["LoRA", "MaPLe prompts"]
+    a, b = (arena.run(methods, [digits], seeds=(1,), cfg=QUICK, show_progress=False) for _ in range(2))
+    cols = ["method", "task", "seed", "value", "trainable", "stored", "train_mb"]
+    assert a[cols].equals(b[cols])
+
+
+def test_few_shot_takes_k_per_class_and_depends_on_the_seed():
+    y = np.repeat(np.arange(5), 20)
+    idx = arena.few_shot(y, 3, seed=0)
+    assert np.bincount(y[idx]).tolist() == [3] * 5
+    assert not np.array_equal(idx, arena.few_shot(y, 3, seed=1))
+    assert len(arena.few_shot(np.array([0, 0, 1]), 5, 0)) == 3, "a class with fewer examples gives all it has"
+
+
+def test_vlpet_gated_adapters_on_the_image_tower_count_and_gradients():
+    # per PET module: a 4-head adapter (d -> r split over heads, r -> d) and a large gate (d -> r_g -> d); two per block
+    from clipadapt.methods import vlpet
+    from clipadapt.models.loader import load_backbone
+    from clipadapt.models.vit import clip_image_tower
+    vit = clip_image_tower(load_backbone("ci").model.visual, 10)
+    d, depth = vit.embed_dim, len(vit.blocks)
+    cfg = vlpet.VLPETConfig()
+    r, h, rg = d // cfg.adapter_reduction, cfg.heads, d // cfg.gate_reduction
+    pet = h * (d * r // h + r // h) + (r * d + d) + (d * rg + rg) + (rg * d + d)
+    norms = sum(m.weight.numel() + m.bias.numel() for m in vit.modules() if isinstance(m, torch.nn.LayerNorm))
+    vlpet.add_to_vit(vit, cfg)
+    assert sum(p.numel() for p in vit.parameters() if p.requires_grad) == 2 * depth * pet + norms + (d * 10 + 10)
+    vit(torch.randn(2, 3, 48, 48)).sum().backward()
+    for n, p in vit.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, n
+
+
+def test_unknown_method_names_the_known_ones(digits):
+    with pytest.raises(ValueError, match="unknown arena method 'lora'; known: zero-shot"):
+        arena.run(["lora"], [digits], show_progress=False)
+
+
+def test_benchmark_names_the_method_a_ratio_needs():
+    with pytest.raises(ValueError, match="needs the arena method 'SPT-LoRA'.*add it"):
+        arena.benchmark(["zero-shot", "full fine-tuning", "full fine-tuning (CLIP)", "LoRA"], repeats=1)
+
+
+def test_benchmark_prints_the_ratios_and_saves_raw_timings(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    methods = ["zero-shot", "SPT-LoRA", "full fine-tuning", "full fine-tuning (CLIP)", "LoRA", "MaPLe prompts"]
+    assert arena.main(["bench", "--methods", *methods, "--repeats", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for ratio in ("BATCLIP s per batch / zero-shot s per batch", "TPT s per image / BATCLIP s per image",
+                  "SPT sensitivity pass s / one training epoch s", "training memory / full fine-tuning: LoRA",
+                  "training memory / full fine-tuning (CLIP): MaPLe prompts", "trainable / total parameters: LoRA"):
+        assert ratio in printed
+    saved = json.loads(out.read_text())
+    assert {"BATCLIP s per batch", "zero-shot s per batch", "TPT s per image", "SPT sensitivity pass s"} <= set(saved["raw"])
+    ratios = {r["ratio"]: r["value"] for r in saved["ratios"]}
+    assert ratios["training memory / full fine-tuning: LoRA"] < 1, "LoRA holds less than full fine-tuning"
+    assert ratios["BATCLIP s per batch / zero-shot s per batch"] > 1, "adapting costs more than inference"
