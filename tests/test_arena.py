@@ -91,3 +91,70 @@ def test_benchmark_prints_the_ratios_and_saves_raw_timings(tmp_path, capsys):
     ratios = {r["ratio"]: r["value"] for r in saved["ratios"]}
     assert ratios["training memory / full fine-tuning: LoRA"] < 1, "LoRA holds less than full fine-tuning"
     assert ratios["BATCLIP s per batch / zero-shot s per batch"] > 1, "adapting costs more than inference"
+
+
+def test_text_classifiers_refuse_tasks_without_class_names(digits):
+    import dataclasses
+    numbered = dataclasses.replace(digits, classes=tuple(str(i) for i in range(10)))
+    with pytest.raises(ValueError, match=r"only label numbers.*zero-shot.*eurosat"):
+        arena.run(["zero-shot", "LoRA"], [numbered], seeds=(0,), cfg=QUICK, show_progress=False)
+    df = arena.run(["linear probe"], [numbered], seeds=(0,), cfg=QUICK, show_progress=False)   # a new head needs none
+    assert len(df) == 1
+
+
+def test_full_fine_tuning_trains_at_its_share_of_the_learning_rate(digits, monkeypatch):
+    from clipadapt import finetune
+    seen, real = {}, finetune.fit_classifier
+
+    def spy(model, train, test, cfg, **kw):
+        seen[len(seen)] = cfg.lr
+        return real(model, train, test, cfg, **kw)
+    monkeypatch.setattr(finetune, "fit_classifier", spy)
+    arena.run(["LoRA", "full fine-tuning", "full fine-tuning (CLIP)"], [digits], seeds=(0,), cfg=QUICK,
+              show_progress=False)
+    assert list(seen.values()) == pytest.approx([QUICK.fit.lr, QUICK.fit.lr * QUICK.full_lr_scale,
+                                                 QUICK.fit.lr * QUICK.full_lr_scale])
+
+
+def _changed(model, before):
+    return {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+
+
+def test_test_time_methods_on_top_adapt_only_their_layer_norms(digits):
+    from clipadapt.models.loader import load_backbone
+    clip = load_backbone("ci")
+    size = clip.model.visual.image_size[0]
+    x = torch.randn(8, 3, size, size)
+    for name, kind, towers in (("zero-shot", "Tent", {"image"}), ("zero-shot", "BATCLIP", {"image", "text"}),
+                               ("LoRA", "BATCLIP", {"image"}), ("LoRA", "none", set())):
+        ctx = arena.Context(load_backbone("ci"), digits.classes, None, QUICK)
+        model = arena.get_method(name).build(ctx).model.eval()   # LoRA's dropout off, as OnTop sets it
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            expected = model(x)
+        on_top = arena.OnTop(model, kind, lr=1e-2)
+        torch.testing.assert_close(on_top(x), expected)   # predict, then adapt: the logits are those before the step
+        changed = _changed(model, before)
+        assert all(n.rsplit(".", 2)[-2].startswith(("ln", "norm")) for n in changed), changed
+        assert {"image" if (".visual." in n or name == "LoRA") else "text" for n in changed} == towers, (name, kind)
+        if kind != "none":
+            assert not torch.allclose(on_top(x), expected), "the second batch sees the adapted LayerNorms"
+    with pytest.raises(ValueError, match="unknown test-time method 'tpt'; choose from none, Tent, BATCLIP"):
+        arena.OnTop(model, "tpt")
+
+
+def test_robustness_track_runs_every_test_time_method_on_every_adapted_model(digits):
+    from clipadapt.data.microworld import LabelledSet
+    from clipadapt.data.streams import GeneratedC
+    rc = arena.RobustnessConfig(corruptions=("gaussian_noise", "contrast"), n_images=40, batch_size=20)
+    with pytest.warns(UserWarning, match="no test-time adaptation on top of contrastive head"):
+        df = arena.robustness(["zero-shot", "adapter", "MaPLe prompts", "contrastive head"], digits, seeds=(0,),
+                              cfg=QUICK, rcfg=rc, show_progress=False)
+    assert len(df) == 3 * 2 * 3 and set(df["test_time"]) == set(arena.TEST_TIME)
+    assert df["accuracy"].between(0, 100).all() and (df["images"] == 40).all()
+    again = arena.robustness(["adapter"], digits, seeds=(0,), cfg=QUICK, rcfg=rc, show_progress=False)
+    cols = ["corruption", "test_time", "accuracy", "clean"]
+    assert again[cols].reset_index(drop=True).equals(df[df.method == "adapter"][cols].reset_index(drop=True))
+    other = GeneratedC(LabelledSet("x", digits.x_test, digits.y_test, tuple(reversed(digits.classes))))
+    with pytest.raises(ValueError, match="other classes than task digits"):
+        arena.robustness(["adapter"], digits, other, seeds=(0,), cfg=QUICK, rcfg=rc, show_progress=False)

@@ -250,6 +250,34 @@ def test_vlpet_claims_on_ci(built_book):
 
 
 @pytest.mark.slow
+def test_arena_chapter_on_ci(built_book):
+    """The arena on ci: every registered method ran on every task and seed, and every method with a test-time view
+    on every corrupted stream with each test-time method, within the notebook's share of the CI budget; the page
+    shows the run's numbers; and what the teaching page says about memory holds on this run: the
+    methods that train nothing inside the backbone hold a small share of full fine-tuning's memory, while LoRA,
+    adapters and SPT-LoRA hold far more than their trainable share."""
+    from clipadapt import arena
+    rec = load_record("06_arena", "ci", book.ROOT / "results")
+    runs = rec["tables"]["runs"]
+    assert sorted({r["method"] for r in runs}) == sorted(arena.ARENA) and len(runs) == len(arena.ARENA) * 3 * 3
+    board = {r["method"]: r for r in rec["tables"]["board"]}
+    assert all(board[m]["memory / full FT"] < 0.2 for m in ("linear probe", "contrastive head")), board
+    assert all(board[m]["memory / full FT"] > 5 * board[m]["trainable share"] for m in ("LoRA", "adapter", "SPT-LoRA"))
+    m, pick = rec["metrics"], rec["tables"]["pick"]
+    assert pick["pick"] in pick["within_one_std"] and pick["best"] in pick["within_one_std"]
+    html = (built_book / "notebooks" / "06_arena.html").read_text()
+    assert f"{m['best_acc']:.1f}" in html and f"{m['pick_acc']:.1f}" in html and pick["pick"] in html
+    assert f"{m['batclip_vs_zero_shot_per_batch']:.1f}" in html and html.count("<img") >= 4
+    # the robustness track: every method with a test-time view x (none, Tent, BATCLIP) x streams x seeds
+    rob = rec["tables"]["robustness"]
+    with_view = sorted(x for x in arena.ARENA if arena.ARENA[x].family != "embeddings")
+    assert sorted({r["method"] for r in rob}) == with_view
+    assert len(rob) == len(with_view) * len(arena.TEST_TIME) * len({r["corruption"] for r in rob}) * 3
+    assert f"{m['robust_zero_shot_batclip_gain']:+.1f} points" in html
+    assert rec["wall_time_s"] < 600
+
+
+@pytest.mark.slow
 def test_reproduction_report_gathers_every_chapters_published_numbers(built_book):
     """The report page lists a row per published number of every paper chapter, with a status from the allowed set,
     and its glued counts add up; on ci the trainable shares of VL-PET on BART-base are counted, so they are checked

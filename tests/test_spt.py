@@ -233,6 +233,9 @@ def test_vtab1k_loader_reads_the_official_export_layout(tmp_path):
     _fake_vtab1k(tmp_path, "eurosat", (("train800", 4), ("val200", 2), ("test", 3)), n_classes=10)
     t = vtab.load_vtab1k("eurosat", root=tmp_path)
     assert (t.group, len(t.classes)) == ("specialized", 10)
+    assert t.classes[:2] == ("annual crop land", "forest") and vtab.has_class_names(t)   # clip_benchmark's names
+    assert vtab.vtab1k_classnames("dtd") == tuple(str(i) for i in range(47))             # none there: label numbers
+    assert all(len(vtab.vtab1k_classnames(n)) == vtab.VTAB1K[n][1] for n in vtab.CLASSNAMES_KEY)
     assert len(t.x_train) == 4 and len(t.x_trainval) == 6 and t.y_trainval.tolist() == [0, 1, 2, 3, 0, 1]
     img = t.x_test[2]
     assert img.shape == (40, 30, 3) and abs(int(img.mean()) - 40) <= 2

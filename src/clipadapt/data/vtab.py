@@ -140,6 +140,39 @@ VTAB1K = {
 }
 
 
+# VTAB-1k task -> its key in clip_benchmark's English class names (`clip_benchmark/datasets/en_classnames.json`,
+# in the label order of VTAB's task code); cifar (CIFAR-100) takes the registry's names; the other tasks have none and
+# keep their label numbers
+CLASSNAMES_KEY = {
+    "caltech101": "caltech101_vtab", "oxford_flowers102": "flowers", "oxford_iiit_pet": "pets", "svhn": "svhn",
+    "patch_camelyon": "pcam", "eurosat": "eurosat", "diabetic_retinopathy": "diabetic_retinopathy",
+    "clevr_count": "clevr_count_all", "clevr_dist": "clevr_closest_object_distance", "dmlab": "dmlab",
+    "kitti": "kitti_closest_vehicle_distance",
+}
+
+
+def vtab1k_classnames(name: str) -> tuple[str, ...]:
+    """Class names of a VTAB-1k task for text classifiers (zero-shot CLIP, prompts): clip_benchmark's where it has
+    them, else the label numbers ("0", "1", ...), which a text classifier cannot use (`has_class_names` says so)."""
+    import json
+    from importlib.resources import files
+    k = VTAB1K[name][1]
+    if name == "cifar":   # VTAB's cifar is CIFAR-100, in its label order (as CIFAR-100-C)
+        from .registry import CIFAR100_CLASSES
+        return CIFAR100_CLASSES
+    if name not in CLASSNAMES_KEY:
+        return tuple(str(i) for i in range(k))
+    names = json.loads((files("clip_benchmark.datasets") / "en_classnames.json").read_text())[CLASSNAMES_KEY[name]]
+    if len(names) != k:
+        raise ValueError(f"clip_benchmark lists {len(names)} class names for {name}, VTAB-1k has {k} classes")
+    return tuple(names)
+
+
+def has_class_names(task: Task) -> bool:
+    """False when the classes are only label numbers (VTAB-1k tasks without names in clip_benchmark)."""
+    return not all(c.isdigit() for c in task.classes)
+
+
 def vtab1k_root(root=None) -> Path:
     from .registry import data_root
     return (Path(root) if root is not None else data_root()) / "vtab-1k"
@@ -162,4 +195,4 @@ def load_vtab1k(name: str, root=None) -> Task:
                   f"python data_scripts/prepare_vtab1k.py --task {name} --root {vtab1k_root(root).parent}")
     group, k = VTAB1K[name]
     (xtr, ytr), (xva, yva), (xte, yte) = (_read_list(folder, s) for s in ("train800", "val200", "test"))
-    return Task(name, group, tuple(str(i) for i in range(k)), xtr, ytr, xva, yva, xte, yte)
+    return Task(name, group, vtab1k_classnames(name), xtr, ytr, xva, yva, xte, yte)

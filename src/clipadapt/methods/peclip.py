@@ -159,12 +159,17 @@ class PEClip(nn.Module):
             groups.append({"params": list(self.prompts.parameters()), "lr": lr_prompts})
         return [dict(g, weight_decay=weight_decay) for g in groups if g["params"]]
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unnormalised video embeddings and the normalised class-text features the logits compare."""
         from contextlib import nullcontext
         with self.prompts.applied(self.clip) if self.prompts is not None else nullcontext():
-            video = encode_video(self.clip, frames)
+            video = encode_video(self.clip, frames, normalize=False)
             text = F.normalize(self.clip.encode_text(self.tokens), dim=-1)
-        return video @ text.T / TEMPERATURE
+        return video, text
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        video, text = self.features(frames)
+        return F.normalize(video, dim=-1) @ text.T / TEMPERATURE
 
 
 # ---- the chapter's ablation: what trains, every row measured the same way
