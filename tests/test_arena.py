@@ -158,3 +158,31 @@ def test_robustness_track_runs_every_test_time_method_on_every_adapted_model(dig
     other = GeneratedC(LabelledSet("x", digits.x_test, digits.y_test, tuple(reversed(digits.classes))))
     with pytest.raises(ValueError, match="other classes than task digits"):
         arena.robustness(["adapter"], digits, other, seeds=(0,), cfg=QUICK, rcfg=rc, show_progress=False)
+
+
+def test_robustness_reads_the_paper_sources_on_local_stand_ins(tmp_path):
+    # the chapter's paper data path: VTAB-1k's cifar task (CIFAR-100, its names from the registry) in the official
+    # export layout, adapted few-shot, then CIFAR-100-C streams in the release layout; the ci CLIP stands in
+    from PIL import Image
+
+    from clipadapt.data import vtab
+    from clipadapt.data.streams import ReleasedC
+    from clipadapt.methods import batclip
+    folder = tmp_path / "vtab-1k" / "cifar"
+    for split, n in (("train800", 6), ("val200", 2), ("test", 4)):
+        (folder / "images" / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((32, 32, 3), 30 * i, np.uint8)).save(folder / f"images/{split}/{i:06d}.jpg")
+        (folder / f"{split}.txt").write_text("".join(f"images/{split}/{i:06d}.jpg {i % 3}\n" for i in range(n)))
+    release = tmp_path / "CIFAR-100-C"
+    release.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(release / "gaussian_noise.npy", rng.integers(0, 255, (5 * 8, 32, 32, 3), dtype=np.uint8))
+    np.save(release / "labels.npy", np.tile(np.arange(8) % 3, 5).astype(np.uint8))
+    task = vtab.load_vtab1k("cifar", tmp_path)
+    assert task.classes[:3] == ("apple", "aquarium fish", "baby") and len(task.classes) == 100
+    rc = arena.RobustnessConfig(corruptions=("gaussian_noise",), n_images=8,
+                                **{**batclip.PAPER_SETUPS["cifar100-c"], "batch_size": 4})
+    df = arena.robustness(["zero-shot", "linear probe"], task, ReleasedC("cifar100-c", tmp_path), seeds=(0,),
+                          cfg=QUICK, rcfg=rc, show_progress=False)
+    assert len(df) == 2 * 3 and (df["images"] == 8).all() and df["accuracy"].between(0, 100).all()
