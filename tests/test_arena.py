@@ -186,3 +186,31 @@ def test_robustness_reads_the_paper_sources_on_local_stand_ins(tmp_path):
     df = arena.robustness(["zero-shot", "linear probe"], task, ReleasedC("cifar100-c", tmp_path), seeds=(0,),
                           cfg=QUICK, rcfg=rc, show_progress=False)
     assert len(df) == 2 * 3 and (df["images"] == 8).all() and df["accuracy"].between(0, 100).all()
+
+
+def test_every_method_runs_on_face_clips():
+    from clipadapt.data import clips
+    task = clips.as_task(n_train=60, n_test=14, frames=5, seed=0)
+    assert task.x_train.shape[1:] == (5, 48, 48, 3) and task.group == "video" and len(task.classes) == 7
+    cfg = arena.ArenaConfig(shots=2, fit=FitConfig(epochs=1, lr=3e-3, warmup_epochs=0, batch_size=8, eval_every=1,
+                                                   eval_last=1))
+    df = arena.run(list(arena.ARENA), [task], seeds=(0,), cfg=cfg, show_progress=False)
+    assert list(df["method"]) == list(arena.ARENA) and df["value"].between(0, 100).all()
+    assert (df[df["method"] != "zero-shot"]["train_mb"] > 0).all()
+
+
+def test_frame_pooling_averages_the_frames_features_before_the_head():
+    from torch.utils.data import TensorDataset
+
+    from clipadapt.models.loader import load_backbone
+    from clipadapt.models.vit import clip_image_tower
+    vit = clip_image_tower(load_backbone("ci").model.visual, 7).eval()
+    torch.nn.init.normal_(vit.head.weight)
+    pooled = arena.FramePooled(vit)
+    s = vit.patch_embed.img_size[0]
+    x = torch.randn(3, 3, s, s)
+    torch.testing.assert_close(pooled(x.unsqueeze(1).expand(3, 4, 3, s, s)), vit(x))   # T equal frames: the image
+    feats = lambda z: vit.forward_head(vit.forward_features(z), pre_logits=True)
+    torch.testing.assert_close(pooled(torch.stack([x, x.flip(0)], 1)), vit.head((feats(x) + feats(x.flip(0))) / 2))
+    frames = arena.frames_of(TensorDataset(torch.zeros(2, 4, 3, s, s), torch.tensor([5, 6])))
+    assert frames.tensors[0].shape == (8, 3, s, s) and frames.tensors[1].tolist() == [5] * 4 + [6] * 4

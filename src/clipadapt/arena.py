@@ -109,14 +109,15 @@ def _spt(kind: str):
     def build(ctx: Context) -> Built:
         from .methods import spt
         vit = _vit(ctx)
+        train = frames_of(ctx.train)   # on clips, the sensitivity pass sees their frames
         if kind in ("linear", "full", "lora", "adapter"):
-            spt.prepare(kind, vit, ctx.train, rank=ctx.cfg.rank)
-            return Built(vit, _trainable(vit))
+            spt.prepare(kind, vit, train, rank=ctx.cfg.rank)
+            return Built(FramePooled(vit), _trainable(vit))
         budget = ctx.cfg.budget or _lora_budget(ctx)
-        info = spt.prepare(kind, vit, ctx.train, budget=budget, rank=ctx.cfg.rank,
+        info = spt.prepare(kind, vit, train, budget=budget, rank=ctx.cfg.rank,
                            sensitivity_batches=4, sensitivity_batch_size=16)
         index = info["allocation"].sparse_params   # a sparse entry stores its value and its position
-        return Built(vit, _trainable(vit) + index, prepare_s=info["ranking_s"])
+        return Built(FramePooled(vit), _trainable(vit) + index, prepare_s=info["ranking_s"])
     return build
 
 
@@ -132,20 +133,44 @@ def _vlpet(ctx: Context) -> Built:
     from .methods import vlpet
     vit = _vit(ctx)
     vlpet.add_to_vit(vit, vlpet.VLPETConfig())
-    return Built(vit, _trainable(vit))
+    return Built(FramePooled(vit), _trainable(vit))
 
 
 # ---- CLIP with text classifiers (zero-shot, MaPLe prompts, PE-CLIP's adapters); then the registry, in table order
 
 class ImagesAsClips(nn.Module):
-    """A video model (clips x frames x 3 x H x W) used on images: each image is a clip of one frame."""
+    """A video model (clips x frames x 3 x H x W) used on images: each image is a clip of one frame (clips pass)."""
 
     def __init__(self, video_model: nn.Module):
         super().__init__()
         self.inner = video_model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.inner(images.unsqueeze(1))
+        return self.inner(images if images.dim() == 5 else images.unsqueeze(1))
+
+
+class FramePooled(nn.Module):
+    """An image classifier used on clips: the features before its head, averaged over the frames, then the head (the
+    PE-CLIP chapter's pooling baseline); images pass through unchanged."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return self.vit(x)
+        f = self.vit.forward_head(self.vit.forward_features(x.flatten(0, 1)), pre_logits=True)
+        return self.vit.head(f.reshape(*x.shape[:2], -1).mean(1))
+
+
+def frames_of(data):
+    """A dataset of clips as a dataset of their frames, each with its clip's label (images pass unchanged)."""
+    from torch.utils.data import TensorDataset
+    if not isinstance(data, TensorDataset) or data.tensors[0].dim() != 5:
+        return data
+    x, y = data.tensors
+    return TensorDataset(x.flatten(0, 1), y.repeat_interleave(x.shape[1]))
 
 
 def _peclip(adapters: bool = False, prompts: bool = False, full: bool = False):
@@ -174,9 +199,11 @@ def _contrastive(ctx: Context) -> Built:
     clip = ctx.clip.model.eval().requires_grad_(False)
 
     @torch.no_grad()
-    def embed(data):
+    def embed(data):   # a clip's embedding is the mean of its frames'
         dev = next(clip.parameters()).device
-        return torch.cat([nn.functional.normalize(clip.encode_image(x.to(dev)), dim=-1).float().cpu()
+        enc = lambda x: (clip.encode_image(x.flatten(0, 1)).reshape(*x.shape[:2], -1).mean(1) if x.dim() == 5
+                         else clip.encode_image(x))
+        return torch.cat([nn.functional.normalize(enc(x.to(dev)), dim=-1).float().cpu()
                           for x, _ in batches(data, 256)]).numpy()
 
     def fit(train, test, seed):
@@ -305,6 +332,8 @@ def feature_view(model: nn.Module):
             image, text = model.inner.features(x.unsqueeze(1))
             return nn.functional.normalize(image, dim=-1) @ text.T / TEMPERATURE, image, text
         return view
+    if isinstance(model, FramePooled) and isinstance(model.vit, VisionTransformer):
+        model = model.vit
     if isinstance(model, VisionTransformer):
         def view(x):
             f = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -438,6 +467,9 @@ def _dataset(clip, images, labels):
 
     from .finetune import ImageSet
     from .models.loader import preprocess_batch
+    if isinstance(images, np.ndarray) and images.ndim == 5:   # clips: n x T x H x W x 3, every frame preprocessed
+        x = preprocess_batch(clip.preprocess, images.reshape(-1, *images.shape[2:]))
+        return TensorDataset(x.reshape(*images.shape[:2], *x.shape[1:]), torch.as_tensor(labels, dtype=torch.long))
     if isinstance(images, np.ndarray) and len(images) <= 5000:
         return TensorDataset(preprocess_batch(clip.preprocess, images), torch.as_tensor(labels, dtype=torch.long))
     return ImageSet(images, labels, clip.preprocess)

@@ -78,3 +78,13 @@ def make_split(n_train: int, n_val: int, n_test: int, frames: int = 16, seed: in
     return {"train": make_clips(n_train, frames, seed, range(0, 25)),
             "val": make_clips(n_val, frames, seed + 1, range(25, 30)),
             "test": make_clips(n_test, frames, seed + 2, range(30, 40))}
+
+
+def as_task(n_train: int = 400, n_test: int = 200, frames: int = 8, seed: int = 0):
+    """The face clips as a `clipadapt.data.vtab.Task` (group "video", the expressions' names as classes; x arrays are
+    n x T x 48 x 48 x 3), for methods compared across tasks (the arena); no validation split is drawn."""
+    from .vtab import Task
+    split = make_split(n_train, 0, n_test, frames, seed)
+    tr, te = split["train"], split["test"]
+    empty = tr.frames[:0]
+    return Task("face clips", "video", EXPRESSIONS, tr.frames, tr.labels, empty, tr.labels[:0], te.frames, te.labels)
