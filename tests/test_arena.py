@@ -141,6 +141,8 @@ def test_test_time_methods_on_top_adapt_only_their_layer_norms(digits):
             assert not torch.allclose(on_top(x), expected), "the second batch sees the adapted LayerNorms"
     with pytest.raises(ValueError, match="unknown test-time method 'tpt'; choose from none, Tent, BATCLIP"):
         arena.OnTop(model, "tpt")
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd' for test-time adaptation; use 'adamw' or 'adam'"):
+        arena.OnTop(model, "Tent", optimizer="sgd")
 
 
 def test_robustness_track_runs_every_test_time_method_on_every_adapted_model(digits):

@@ -14,6 +14,11 @@ contrastive head on the frozen image embeddings with a logistic regression (the 
 classifiers are fed images (batch x 3 x H x W); the CLIP-text models see each image as a clip of one frame. Each
 backbone has its own full fine-tuning as the reference for memory: the image tower with a linear head, and CLIP's
 two towers with the text head.
+
+Also here: face clips as a task (the CLIP-text models take clips whole; image classifiers average their frames'
+features, `FramePooled`); the robustness track (`robustness`: Tent or BATCLIP on top of every adapted model on
+corrupted streams, through one test-time view of both backbones, `feature_view` and `OnTop`); and the benchmark of
+the papers' efficiency ratios (`benchmark`, `python -m clipadapt.arena bench`).
 """
 from __future__ import annotations
 
@@ -366,7 +371,10 @@ class OnTop(nn.Module):
         for ln in norms:
             ln.requires_grad_(True)
         self.params = [p for ln in norms for p in ln.parameters()]
-        opt = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[optimizer]
+        opts = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+        if optimizer not in opts:
+            raise ValueError(f"unknown optimizer {optimizer!r} for test-time adaptation; use 'adamw' or 'adam'")
+        opt = opts[optimizer]
         self.optimizer = opt(self.params, lr=lr, weight_decay=weight_decay) if self.params else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
