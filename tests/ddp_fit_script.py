@@ -32,7 +32,7 @@ elif mode == "tta":   # fake CIFAR-10-C under DATA_ROOT (tests/test_accelerate.p
     from clipadapt.methods.tta import corruption_benchmark
     from clipadapt.models.loader import TINY_NAME, TINY_TAG, load_clip
     s = bench_setup("paper", "cifar10-c", data_root=rest[0])
-    methods = {"zero-shot": {"method": "zero-shot"}, "BATCLIP": {"method": "batclip", **s.optim},
+    methods = {"zero-shot": {"method": "source"}, "BATCLIP": {"method": "batclip", **s.optim},
                "Tent": {"method": "tent", **s.optim}}
     loads = []   # (process, stream) of every backbone this process loaded
 

@@ -154,7 +154,7 @@ def test_ablation_variants_train_what_they_name_and_select_on_validation():
     counts = {}
     for label, v in peclip.VARIANTS.items():
         torch.manual_seed(0)
-        m = peclip.build_variant(v, _tiny_clip(), tok, EXPRESSIONS, depth=2)
+        _, m = peclip.build_variant(v, _tiny_clip(), tok, EXPRESSIONS, depth=2)
         counts[label] = sum(p.numel() for p in m.parameters() if p.requires_grad)
         assert m(torch.randn(2, 3, 3, 16, 16)).shape == (2, 7), label
     sha, tda, ad = 2 * 32 * 4 + 4 + 32, 2 * 32 + 32 + 1 + 32 * 4 + 4 + 2 * 3 * (16 + 4) + 4 * 32 + 32, 2 * 32 * 4 + 4 + 32

@@ -29,8 +29,8 @@ def _ln_count(layers_v, width_v, layers_t, width_t):
 
 
 def test_registry_knows_methods_and_rejects_unknown(clip):
-    assert {"zero-shot", "tent", "batclip"} <= set(known_methods())
-    with pytest.raises(ValueError, match="unknown method 'batclips'; known methods: .*batclip"):
+    assert {"source", "tent", "tpt", "batclip"} <= set(known_methods("test-time"))
+    with pytest.raises(ValueError, match="unknown method 'batclips'; did you mean batclip"):
         build_method("batclips", clip.model, clip.tokenizer, CLASSES)
 
 
@@ -68,7 +68,7 @@ def test_one_step_changes_only_layernorm_weights(clip, name, towers):
 
 def test_predict_then_adapt_returns_the_pre_update_logits(clip):
     x = _batch()
-    zs = build_method("zero-shot", clip.model, clip.tokenizer, CLASSES)
+    zs = build_method("source", clip.model, clip.tokenizer, CLASSES)
     ref = zs(x)
     m = build_method("batclip", clip.model, clip.tokenizer, CLASSES)
     first = m(x)
@@ -126,7 +126,7 @@ def test_zero_shot_stream_agrees_with_the_eval_module(tiny):
     from clipadapt.eval import zero_shot_accuracy
     ds = microworld.heldout_shapes(60)
     acc, pred = zero_shot_accuracy(tiny.model, tiny.preprocess, tiny.tokenizer, ds)
-    m = build_method("zero-shot", tiny.model, tiny.tokenizer, ds.classes)
+    m = build_method("source", tiny.model, tiny.tokenizer, ds.classes)
     r = m.run_stream(ds.images, ds.labels, batch_size=16, preprocess=tiny.preprocess)
     assert (r["pred"] == pred).all() and r["accuracy"] == pytest.approx(acc)
 
@@ -166,7 +166,7 @@ def test_tpt_tunes_only_the_prompt_and_resets_per_image(clip):
     assert torch.equal(m(x), a)                                 # same views, same result: nothing carried over
     torch.manual_seed(0)
     assert torch.equal(m(x[:1]), a[:1])                         # a batch of one is fine for a per-image method
-    zs = build_method("zero-shot", clip.model, clip.tokenizer, CLASSES)(x)
+    zs = build_method("source", clip.model, clip.tokenizer, CLASSES)(x)
     assert not torch.allclose(a, zs, atol=1e-4)                 # the tuned prompt changed the prediction
 
 
@@ -217,7 +217,7 @@ def test_benchmark_runs_on_fake_cifar10c_in_the_release_layout(tmp_path, clip):
         np.save(folder / f"{c}.npy", rng.integers(0, 255, (5 * 8, 32, 32, 3), dtype=np.uint8))
     np.save(folder / "labels.npy", np.tile(np.arange(8) % 10, 5).astype(np.uint8))
     s = bench_setup("paper", "cifar10-c", data_root=tmp_path)
-    methods = {"zero-shot": {"method": "zero-shot"}, "BATCLIP": {"method": "batclip", **s.optim},
+    methods = {"zero-shot": {"method": "source"}, "BATCLIP": {"method": "batclip", **s.optim},
                "TPT": {"method": "tpt", "n": 2, "n_views": 4}}
     df = corruption_benchmark(lambda: clip, s.source, methods, ["fog", "snow"], (5,), batch_size=4, seed=0,
                               show_progress=False)

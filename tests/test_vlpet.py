@@ -125,15 +125,9 @@ def test_trainable_count_of_vl_pet_large_is_the_formula(small):
 
 
 @pytest.mark.parametrize("method", vlpet.METHODS)
-def test_gradients_reach_exactly_the_trainable_parameters(small, method):
+def test_each_row_trains_the_official_scripts_set(small, method):
+    """Which parameters train (that gradients reach exactly those is the registry's contract, tests/test_methods.py)."""
     model = vlpet.apply_method(copy.deepcopy(small[0]), method)
-    model.train()
-    model(_batch(small)).backward()
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None, n
-        else:
-            assert p.grad is None, n
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(n.startswith("visual.") for n in names)
     if method != "full":

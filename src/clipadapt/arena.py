@@ -32,6 +32,8 @@ import torch
 from torch import nn
 
 from .finetune import FitConfig
+from .methods import build_method, method_class
+from .methods.base import ClassTexts
 
 TEMPLATE = "a photo of a {}."
 
@@ -59,15 +61,24 @@ class Built:
     param_groups: list | None = None
     fit: Callable | None = None     # its own training instead of the shared loop: (train, test, seed) -> dict with
                                     # value, trainable, stored, train_mb, s_per_step (frozen-embedding methods)
+    method: object = None           # the registered method that built it
 
 
 @dataclass(frozen=True)
 class ArenaMethod:
-    name: str
-    family: str                     # zero-shot | head | full | PEFT
-    chapter: str                    # where the book explains it
+    """A row of the arena: a registered method (`clipadapt.methods`) on one of the arena's two backbones."""
+    name: str                       # the row label (the method's title, or title and backbone)
+    method: str                     # registry name
     backbone: str                   # "image tower" (a timm ViT with a linear head) or "CLIP" (both towers, text head)
-    build: Callable[["Context"], Built]
+    chapter_override: str | None = None
+
+    @property
+    def family(self) -> str:
+        return method_class(self.method).family
+
+    @property
+    def chapter(self) -> str:
+        return self.chapter_override or method_class(self.method).chapter
 
 
 @dataclass
@@ -78,70 +89,68 @@ class Context:
     cfg: ArenaConfig
 
 
-ARENA: dict[str, ArenaMethod] = {}
-
-
-def arena_method(name: str, family: str, chapter: str, backbone: str = "image tower"):
-    def deco(fn):
-        if name in ARENA:
-            raise ValueError(f"arena method {name!r} is registered twice")
-        ARENA[name] = ArenaMethod(name, family, chapter, backbone, fn)
-        return fn
-    return deco
+ARENA: dict[str, ArenaMethod] = {m.name: m for m in (
+    ArenaMethod("zero-shot", "zero-shot", "CLIP"),
+    ArenaMethod("linear probe", "linear-probe", "image tower"),
+    ArenaMethod("full fine-tuning", "full-finetune", "image tower"),
+    ArenaMethod("LoRA", "lora", "image tower"),
+    ArenaMethod("adapter", "adapter", "image tower"),
+    ArenaMethod("SPT-LoRA", "spt-lora", "image tower"),
+    ArenaMethod("VL-PET gated adapters", "vl-pet-large", "image tower"),
+    ArenaMethod("full fine-tuning (CLIP)", "full-finetune", "CLIP", "PE-CLIP"),
+    ArenaMethod("MaPLe prompts", "maple", "CLIP"),
+    ArenaMethod("PE-CLIP adapters", "pe-clip-adapters", "CLIP"),
+    ArenaMethod("contrastive head", "contrastive-head", "CLIP"),
+)}
 
 
 FULL = {"image tower": "full fine-tuning", "CLIP": "full fine-tuning (CLIP)"}   # each backbone's memory reference
 
 
 def get_method(name: str) -> ArenaMethod:
-    if name not in ARENA:
-        raise ValueError(f"unknown arena method {name!r}; known: {', '.join(ARENA)}")
-    return ARENA[name]
+    """An arena row by its label, or by registry name where one row has it (`lora`; `full-finetune` has two)."""
+    if name in ARENA:
+        return ARENA[name]
+    rows = [m for m in ARENA.values() if m.method == name]
+    if len(rows) == 1:
+        return rows[0]
+    if rows:
+        raise ValueError(f"{name!r} runs on both arena backbones; choose {' or '.join(repr(m.name) for m in rows)}")
+    method_class(name) if name.islower() and " " not in name else None   # an unknown registry name lists close ones
+    raise ValueError(f"{name!r} is a registered method the arena does not run; the arena's rows: {', '.join(ARENA)} "
+                     "(registry names: " + ", ".join(dict.fromkeys(m.method for m in ARENA.values())) + ")")
 
 
-# ---- image classifiers on the CLIP's image tower as a timm ViT (SPT's chapter)
+# ---- building a row's model through the registry
 
 def _vit(ctx: Context) -> nn.Module:
     from .models.vit import clip_image_tower
     return clip_image_tower(ctx.clip.model.visual, len(ctx.classes))
 
 
-def _trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def _options(row: ArenaMethod, ctx: Context) -> dict:
+    """The arena's shared sizes, for the config fields the method has."""
+    cfg = ctx.cfg
+    blocks = len(ctx.clip.model.visual.transformer.resblocks)
+    shared = {"rank": cfg.rank, "budget": cfg.budget, "n_ctx": cfg.n_ctx, "depth": min(cfg.prompt_depth or 9, blocks),
+              "sensitivity_batches": 4, "sensitivity_batch_size": 16}   # SPT: a quick ranking on 4 batches of 16
+    fields = {f.name for f in dataclasses.fields(method_class(row.method).config_class)}
+    return {k: v for k, v in shared.items() if k in fields and v is not None}
 
 
-def _spt(kind: str):
-    def build(ctx: Context) -> Built:
-        from .methods import spt
-        vit = _vit(ctx)
-        train = frames_of(ctx.train)   # on clips, the sensitivity pass sees their frames
-        if kind in ("linear", "full", "lora", "adapter"):
-            spt.prepare(kind, vit, train, rank=ctx.cfg.rank)
-            return Built(FramePooled(vit), _trainable(vit))
-        budget = ctx.cfg.budget or _lora_budget(ctx)
-        info = spt.prepare(kind, vit, train, budget=budget, rank=ctx.cfg.rank,
-                           sensitivity_batches=4, sensitivity_batch_size=16)
-        index = info["allocation"].sparse_params   # a sparse entry stores its value and its position
-        return Built(FramePooled(vit), _trainable(vit) + index, prepare_s=info["ranking_s"])
-    return build
+def build(row: ArenaMethod, ctx: Context) -> Built:
+    """The row's model on a fresh backbone: its method from the registry applied to the image tower (fed images, or
+    clips through `FramePooled`) or to CLIP with the task's class texts (fed clips; images as clips of one frame)."""
+    if row.method == "contrastive-head":
+        return _contrastive(ctx)
+    method = build_method(row.method, **_options(row, ctx))
+    if row.backbone == "image tower":
+        model = method.apply(_vit(ctx), frames_of(ctx.train))   # on clips, a sensitivity pass sees their frames
+        return Built(FramePooled(model), method.stored(model), method.info.get("ranking_s", 0.0), method=method)
+    texts = [TEMPLATE.format(c) for c in ctx.classes]
+    model = method.apply(ClassTexts(ctx.clip.model, ctx.clip.tokenizer, texts))
+    return Built(ImagesAsClips(model), method.stored(model), method=method)
 
-
-def _lora_budget(ctx: Context) -> int:
-    """The backbone parameters LoRA of `rank` trains on this tower (SPT-LoRA gets the same budget)."""
-    from .methods import spt
-    vit = _vit(ctx)
-    spt.lora_all(vit, ctx.cfg.rank)
-    return spt.backbone_trainable(vit)
-
-
-def _vlpet(ctx: Context) -> Built:
-    from .methods import vlpet
-    vit = _vit(ctx)
-    vlpet.add_to_vit(vit, vlpet.VLPETConfig())
-    return Built(FramePooled(vit), _trainable(vit))
-
-
-# ---- CLIP with text classifiers (zero-shot, MaPLe prompts, PE-CLIP's adapters); then the registry, in table order
 
 class ImagesAsClips(nn.Module):
     """A video model (clips x frames x 3 x H x W) used on images: each image is a clip of one frame (clips pass)."""
@@ -178,20 +187,6 @@ def frames_of(data):
     return TensorDataset(x.flatten(0, 1), y.repeat_interleave(x.shape[1]))
 
 
-def _peclip(adapters: bool = False, prompts: bool = False, full: bool = False):
-    def build(ctx: Context) -> Built:
-        from .methods.peclip import PEClip
-        clip = ctx.clip.model
-        depth = min(ctx.cfg.prompt_depth or 9, len(clip.visual.transformer.resblocks))
-        model = PEClip(clip, ctx.clip.tokenizer, [TEMPLATE.format(c) for c in ctx.classes], temporal="tda",
-                       adapters=adapters, prompts=prompts, n_ctx=ctx.cfg.n_ctx, depth=depth)
-        if full:   # both towers, as PE-CLIP's full fine-tuning row (the logits keep PE-CLIP's fixed temperature)
-            for n, p in model.clip.named_parameters():
-                p.requires_grad_(n != "logit_scale")
-        return Built(ImagesAsClips(model), _trainable(model))
-    return build
-
-
 # ---- a contrastive head on frozen embeddings (the contrastive domain-adaptation chapter)
 
 def _contrastive(ctx: Context) -> Built:
@@ -214,7 +209,7 @@ def _contrastive(ctx: Context) -> Built:
     def fit(train, test, seed):
         x_tr, x_te = embed(train), embed(test)
         y_tr, y_te = labels_of(train).numpy(), labels_of(test).numpy()
-        cfg = da.HeadConfig(epochs=ctx.cfg.head_epochs, seed=seed)
+        cfg = build_method("contrastive-head", epochs=ctx.cfg.head_epochs, seed=seed).cfg
         f = da.represent("head", "joint", {"image": x_tr}, y_tr, {"image": x_te}, cfg)
         clf = da.classifiers(seed)["LR"].fit(f.train, y_tr)
         head = da.ProjectionHead(x_tr.shape[1], cfg.out_dim)
@@ -225,19 +220,6 @@ def _contrastive(ctx: Context) -> Built:
         return {"value": 100 * float(np.mean(clf.predict(f.test) == y_te)), "trainable": n, "stored": n,
                 "train_mb": mem["total_mb"], "s_per_step": f.fit_s / steps}
     return Built(clip, 0, fit=fit)
-
-
-arena_method("zero-shot", "zero-shot", "backbone", "CLIP")(_peclip())
-arena_method("linear probe", "head", "SPT")(_spt("linear"))
-arena_method("full fine-tuning", "full", "SPT")(_spt("full"))
-arena_method("LoRA", "PEFT", "SPT")(_spt("lora"))
-arena_method("adapter", "PEFT", "SPT")(_spt("adapter"))
-arena_method("SPT-LoRA", "PEFT", "SPT")(_spt("spt-lora"))
-arena_method("VL-PET gated adapters", "PEFT", "VL-PET")(_vlpet)
-arena_method("full fine-tuning (CLIP)", "full", "PE-CLIP", "CLIP")(_peclip(full=True))
-arena_method("MaPLe prompts", "PEFT", "PE-CLIP", "CLIP")(_peclip(prompts=True))
-arena_method("PE-CLIP adapters", "PEFT", "PE-CLIP", "CLIP")(_peclip(adapters=True))
-arena_method("contrastive head", "embeddings", "contrastive DA", "CLIP")(_contrastive)
 
 
 # ---- the runner
@@ -296,7 +278,7 @@ def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: 
         seed_everything(seed)
         ctx = Context(load_backbone(profile), tuple(task.classes), data["train"], cfg)
         t0 = time.perf_counter()
-        built = method.build(ctx)
+        built = build(method, ctx)
         built.model.to(device)
         counts = count_parameters(built.model)
         stored = built.stored
@@ -516,16 +498,13 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
     from .bench import count_parameters, time_per_step
     from .data import vtab
     from .finetune import FitConfig, fit_classifier
-    from .methods import build_method
     from .methods import spt as spt_mod
     from .models.loader import load_backbone
     from .profiles import get_profile
     from .utils import progress, seed_everything
     cfg = cfg or ArenaConfig()
     dev = get_profile(profile).device
-    methods = list(methods) if methods is not None else list(ARENA)
-    for m in methods:
-        get_method(m)
+    methods = [get_method(m).name for m in methods] if methods is not None else list(ARENA)
     for ratio, needs in RATIO_NEEDS.items():
         for need in needs:
             if need not in methods:
@@ -547,10 +526,10 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
     # test time
     batch = test.tensors[0][:50].to(dev)
     tta = {}
-    for name, kw in (("zero-shot", {}), ("batclip", {"lr": 5e-3}), ("tpt", {})):
+    for name, kw in (("source", {}), ("batclip", {"lr": 5e-3}), ("tpt", {})):
         bb = load_backbone(profile)
         tta[name] = build_method(name, bb.model, bb.tokenizer, t.classes, **kw)
-    zs = timed("zero-shot s per batch", lambda: tta["zero-shot"](batch))
+    zs = timed("zero-shot s per batch", lambda: tta["source"](batch))
     bc = timed("BATCLIP s per batch", lambda: tta["batclip"](batch))
     tpt = timed("TPT s per image", lambda: tta["tpt"](batch[:1]))
     rows.append({"ratio": "BATCLIP s per batch / zero-shot s per batch", "value": bc / zs,
@@ -569,7 +548,7 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
     mem, params = {}, {}
     for m in progress(methods, desc="arena methods", disable=not show_progress):
         seed_everything(seed)
-        built = get_method(m).build(Context(load_backbone(profile), tuple(t.classes), trainval, cfg))
+        built = build(get_method(m), Context(load_backbone(profile), tuple(t.classes), trainval, cfg))
         built.model.to(dev)
         params[m] = count_parameters(built.model)
         if built.fit is not None:   # frozen embeddings: what its own training holds and trains

@@ -137,7 +137,7 @@ def paper_costs(setups: list[StepSetup], utilisation: float = 0.4, gpu: str = "A
 # ---- the chapters' paper steps
 
 def _label(method: str) -> str:
-    return "full fine-tuning" if method == "full" else method
+    return "full fine-tuning" if method in ("full", "full-finetune") else method
 
 
 def _clip(name: str = "ViT-B-16"):
@@ -157,7 +157,7 @@ def peclip_setup(batch_clips: int = 4, frames: int = 16) -> StepSetup:
 
     def build():
         clip = _clip()
-        return peclip.build_variant("PE-CLIP", clip.model, clip.tokenizer, EXPRESSIONS, n_ctx=2, depth=9)
+        return peclip.build_variant("PE-CLIP", clip.model, clip.tokenizer, EXPRESSIONS, n_ctx=2, depth=9)[1]
 
     def loss(model, n):
         return _ce(model, torch.randn(n["frames"] // 2, 2, 3, 224, 224), len(EXPRESSIONS))
@@ -261,4 +261,4 @@ def spt_setup(method: str = "spt-lora", budget: int = 800_000, tasks: int = 19, 
 def chapter_setups() -> list[StepSetup]:
     """Every chapter's paper step, with a full fine-tuning row where the chapter compares against it."""
     return [peclip_setup(), vlpet_setup("vl-pet-large"), vlpet_setup("full"), embedding_setup(),
-            batclip_setup("cifar10-c"), batclip_setup("imagenet-c"), spt_setup("spt-lora"), spt_setup("full")]
+            batclip_setup("cifar10-c"), batclip_setup("imagenet-c"), spt_setup("spt-lora"), spt_setup("full-finetune")]

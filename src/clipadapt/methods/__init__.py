@@ -1,40 +1,97 @@
-"""Adaptation methods, registered by lowercase name. Notebooks call `build_method`, not the classes."""
+"""Every adaptation method of the book under one lowercase hyphenated name (`clipadapt methods` lists them).
+
+Two kinds share the registry:
+- methods that learn from labelled data (`base.Method`): `build_method(name, **options).apply(backbone, data)`;
+- test-time methods (`tta.TTAMethod`), which wrap a CLIP: `build_method(name, model, tokenizer, classnames,
+  **options)`, then call it on unlabelled batches.
+An unknown name is an error that lists the closest registered names.
+"""
 from __future__ import annotations
 
-from typing import Callable
+import difflib
+import json
+import os
+from pathlib import Path
 
-_REGISTRY: dict[str, Callable] = {}
+_REGISTRY: dict[str, type] = {}
 
 
-def register(name: str):
-    """Class decorator: make a method available as `build_method(name, ...)`; duplicate names are an error."""
+def register(name: str, title: str | None = None):
+    """Class decorator: the class becomes `build_method(name, ...)`; names are lowercase and hyphenated, once."""
     def deco(cls):
         key = name.lower()
+        if key != name or " " in name or "_" in name:
+            raise ValueError(f"method names are lowercase and hyphenated: {name!r}")
         if key in _REGISTRY:
             raise ValueError(f"method {key!r} is registered twice")
+        cls.name = key
+        cls.title = title or cls.__dict__.get("title") or key
         _REGISTRY[key] = cls
         return cls
     return deco
 
 
-def known_methods() -> list[str]:
+def known_methods(kind: str | None = None) -> list[str]:
+    """Registered names (`kind`: "labelled" or "test-time" for one kind only), sorted."""
     _load()
-    return sorted(_REGISTRY)
+    return sorted(k for k, c in _REGISTRY.items() if kind is None or c.kind == kind)
 
 
-def build_method(name: str, model, tokenizer, classnames, cfg=None, **overrides):
-    """The method `name` around `model` for `classnames`; `cfg` (the method's config dataclass) or field overrides."""
+def method_class(name: str) -> type:
+    """The class registered as `name`; an unknown name lists the closest ones."""
     _load()
-    key = name.lower()
+    key = str(name).lower()
     if key not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[key]
-    cfg = cfg if cfg is not None else cls.config_class(**overrides)
-    return cls(model, tokenizer, classnames, cfg)
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown method {name!r}; {hint}`clipadapt methods` lists all {len(_REGISTRY)}: "
+                         f"{', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[key]
+
+
+def build_method(name: str, *args, cfg=None, **options):
+    """The method `name` with its config (`cfg`, or field overrides). Test-time methods also take the CLIP they
+    wrap: `build_method("batclip", model, tokenizer, classnames, lr=5e-3)`."""
+    cls = method_class(name)
+    if cls.kind == "test-time":
+        if len(args) != 3:
+            raise TypeError(f"{name} is a test-time method: build_method({name!r}, model, tokenizer, classnames, ...)")
+        if cfg is None:
+            cfg = cls.config_class(**options)
+        return cls(*args, cfg)
+    if args:
+        raise TypeError(f"{name} learns from labelled data: build_method({name!r}, **options).apply(backbone, data)")
+    return cls(cfg, **options)
+
+
+def method_table() -> list[dict]:
+    """One row per registered method: name, title, kind, family, backbones, chapter, first line of its doc."""
+    _load()
+    return [{"name": k, "title": c.title, "kind": c.kind, "family": c.family, "backbones": ", ".join(c.backbones),
+             "chapter": c.chapter, "summary": ((c.__doc__ or "").strip().splitlines() or [""])[0]}
+            for k, c in sorted(_REGISTRY.items(), key=lambda kv: (kv[1].chapter, kv[0]))]
+
+
+def load_trained(folder: str | os.PathLike, backbone):
+    """A method saved by `Method.save`, put onto a fresh `backbone`: (method, model ready to predict)."""
+    import torch
+
+    from .base import CONFIG, WEIGHTS, config_from_dict
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{folder} has no saved method ({CONFIG} and {WEIGHTS}); save one with "
+                                "method.save(model, folder)")
+    desc = json.loads((folder / CONFIG).read_text())
+    cls = method_class(desc["method"])
+    method = cls(config_from_dict(cls.config_class, desc["config"]))
+    method.structure = desc.get("structure") or {}
+    model = method.apply(backbone)
+    method.load_into(model, torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    return method, model.eval()
 
 
 def _load() -> None:
-    from . import batclip, tpt, tta  # noqa: F401  (modules register their methods on import)
+    from . import baselines, batclip, contrastive_da, peclip, spt, tpt, tta, vlpet  # noqa: F401  (they register)
 
 
-__all__ = ["build_method", "known_methods", "register"]
+__all__ = ["build_method", "known_methods", "load_trained", "method_class", "method_table", "register"]

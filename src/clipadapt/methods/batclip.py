@@ -46,8 +46,9 @@ def batclip_losses(logits: torch.Tensor, image_pre: torch.Tensor, text: torch.Te
     return {"entropy": entropy(logits), "pm": pm, "sp": sp}
 
 
-@register("batclip")
+@register("batclip", "BATCLIP")
 class BATCLIP(TTAMethod):
+    """BATCLIP: entropy - projection matching - inter-class separation over the LayerNorms of both towers."""
     config_class = BATCLIPConfig
 
     def __init__(self, model, tokenizer, classnames, cfg: BATCLIPConfig | None = None):

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import progress, seed_everything
+from . import register
+from .base import Method, option
 
 FUSIONS = ("joint", "per-modality")
 REPRESENTATIONS = ("raw", "pca", "head")
@@ -63,15 +65,28 @@ def pair_loss(z: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> tor
 class HeadConfig:
     """The authors' defaults (`main_mmimdb.py`): 128 outputs, T = 0.1, batch 128, 10 epochs, Adam lr 1e-3. With a
     few hundred labelled rows an epoch is a handful of updates, so the ci chapter trains more epochs."""
-    out_dim: int = 128
-    temperature: float = 0.1
-    batch_size: int = 128
-    epochs: int = 10
-    lr: float = 1e-3
-    monitor_fraction: float = 0.2   # held out from the head's training to watch loss and pair AUC
-    seed: int = 0
-    device: str = "cpu"             # where the head trains ("cuda" for the paper's large embedding sets)
-    mixed_precision: str = "no"     # accelerate's "no", "fp16" or "bf16" (a GPU's autocast)
+    out_dim: int = option(128, "output dimension of the projection head")
+    temperature: float = option(0.1, "temperature of the pair loss")
+    batch_size: int = option(128, "embeddings per batch (the loss compares every pair in it)")
+    epochs: int = option(10, "passes over the labelled embeddings")
+    lr: float = option(1e-3, "Adam learning rate")
+    monitor_fraction: float = option(0.2, "share held out from training to watch the loss and pair AUC")
+    seed: int = option(0, "seed of the split, the initialisation and the batch order")
+    device: str = option("cpu", "where the head trains (cuda for the paper's large embedding sets)")
+    mixed_precision: str = option("no", "accelerate's no, fp16 or bf16 (a GPU's autocast)")
+
+
+@register("contrastive-head", "contrastive head")
+class ContrastiveHead(Method):
+    """A small projection head on frozen embeddings, trained with the pair loss (same label or not)."""
+    family, backbones, chapter, config_class = "embeddings", ("embeddings",), "contrastive DA", HeadConfig
+
+    def _apply(self, backbone, kind, data):
+        return ProjectionHead(backbone, self.cfg.out_dim)
+
+    def extra_state(self, model):
+        """The standardisation of the inputs, set from the training rows."""
+        return {"mean": model.mean, "scale": model.scale}
 
 
 def pair_auc(z: torch.Tensor, y: torch.Tensor) -> float:

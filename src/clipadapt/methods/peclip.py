@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from . import register
+from .base import ClassTexts, Method, option
+
 REDUCTION = 8
 
 
@@ -172,38 +175,6 @@ class PEClip(nn.Module):
         return F.normalize(video, dim=-1) @ text.T / TEMPERATURE
 
 
-# ---- the chapter's ablation: what trains, every row measured the same way
-
-NAME_TEMPLATE = "an expression of {}."   # the official `class_names_with_context_7` wording
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the ablation. train: "none" (zero-shot), "probe" (a linear head on frozen mean-pooled frame
-    features), "peft" (adapters and/or prompts, as chosen below) or "full" (every weight of both towers).
-    texts: "au" (FACS descriptions, PE-CLIP) or "names" ("an expression of happiness.")."""
-    train: str = "peft"
-    texts: str = "au"
-    adapters: bool = True
-    sha: bool = True
-    temporal: str = "tda"
-    prompts: bool = True
-
-
-VARIANTS: dict[str, Variant] = {
-    "zero-shot, class names": Variant(train="none", texts="names"),
-    "zero-shot, AU texts": Variant(train="none"),
-    "linear probe": Variant(train="probe"),
-    "prompts only (MaPLe)": Variant(adapters=False),
-    "ShA only": Variant(temporal="none", prompts=False),
-    "ShA + TDA": Variant(prompts=False),
-    "PE-CLIP": Variant(),
-    "PE-CLIP, TDA replaced by mean pooling": Variant(temporal="adapter"),
-    "full fine-tuning": Variant(train="full"),
-}
-TRAIN_KINDS = ("none", "probe", "peft", "full")
-
-
 class LinearProbe(nn.Module):
     """A linear classifier on the frozen CLIP's mean-pooled, L2-normalised frame embeddings."""
 
@@ -216,6 +187,83 @@ class LinearProbe(nn.Module):
         with torch.no_grad():
             video = encode_video(self.clip, frames)
         return self.head(video)
+
+
+# ---- PE-CLIP's methods in the registry (zero-shot, linear probe and full fine-tuning: `methods.baselines`)
+
+@dataclass(frozen=True)
+class PEClipConfig:
+    n_ctx: int = option(2, "MaPLe prompt vectors per block", paper=2)
+    depth: int = option(9, "blocks with prompts (at most the towers' depth)", paper=9)
+    lr_prompts: float = option(3e-5, "learning rate of the prompt learner (the adapters take the loop's rate, "
+                                     "2e-4 in the official script)", paper=3e-5)
+
+
+class PEClipMethod(Method):
+    """PE-CLIP: ShA after self-attention and TDA after the MLP in both towers, MaPLe prompts, AU class texts."""
+    family, backbones, chapter, config_class = "peft", ("clip",), "PE-CLIP", PEClipConfig
+    adapters, sha, temporal, prompts = True, True, "tda", True
+
+    def _apply(self, backbone, kind, data):
+        return PEClip(backbone.clip, backbone.tokenizer, backbone.texts, temporal=self.temporal, adapters=self.adapters,
+                      prompts=self.prompts, n_ctx=self.cfg.n_ctx, depth=self.cfg.depth, sha=self.sha)
+
+    def param_groups(self, model, lr, weight_decay):
+        """Adapters at `lr`, the prompt learner at its own rate (the official AdamW groups)."""
+        return model.param_groups(lr, self.cfg.lr_prompts, weight_decay)
+
+
+register("pe-clip", "PE-CLIP")(PEClipMethod)
+
+
+@register("pe-clip-adapters", "PE-CLIP adapters")
+class PEClipAdapters(PEClipMethod):
+    """PE-CLIP's adapters without prompts: ShA + TDA (the ablation's "ShA + TDA")."""
+    prompts = False
+
+
+@register("pe-clip-sha", "ShA only")
+class PEClipSharedOnly(PEClipMethod):
+    """Only the Shared Adapters after self-attention (no temporal adapter, no prompts)."""
+    temporal, prompts = "none", False
+
+
+@register("pe-clip-mean-pool", "PE-CLIP, TDA replaced by mean pooling")
+class PEClipMeanPool(PEClipMethod):
+    """PE-CLIP with plain adapters in the TDA slot: frames meet only in the final mean (the ablation)."""
+    temporal = "adapter"
+
+
+@register("maple", "MaPLe prompts")
+class MaPLe(PEClipMethod):
+    """MaPLe's multimodal prompts alone (Khattak et al., CVPR 2023), as PE-CLIP uses them; the towers stay frozen."""
+    family, adapters = "prompts", False
+
+
+# ---- the chapter's ablation: what trains, every row measured the same way
+
+NAME_TEMPLATE = "an expression of {}."   # the official `class_names_with_context_7` wording
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: a registered method and the class texts, "au" (FACS descriptions, PE-CLIP) or
+    "names" ("an expression of happiness.")."""
+    method: str = "pe-clip"
+    texts: str = "au"
+
+
+VARIANTS: dict[str, Variant] = {
+    "zero-shot, class names": Variant("zero-shot", "names"),
+    "zero-shot, AU texts": Variant("zero-shot"),
+    "linear probe": Variant("linear-probe"),
+    "prompts only (MaPLe)": Variant("maple"),
+    "ShA only": Variant("pe-clip-sha"),
+    "ShA + TDA": Variant("pe-clip-adapters"),
+    "PE-CLIP": Variant("pe-clip"),
+    "PE-CLIP, TDA replaced by mean pooling": Variant("pe-clip-mean-pool"),
+    "full fine-tuning": Variant("full-finetune"),
+}
 
 
 def class_texts(kind: str, expressions) -> list[str]:
@@ -231,25 +279,18 @@ def class_texts(kind: str, expressions) -> list[str]:
 
 
 def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expressions, n_ctx: int = 2,
-                  depth: int = 9) -> nn.Module:
-    """The model of one ablation row around a fresh CLIP; forward(frames: videos x T x 3 x H x W) -> logits."""
+                  depth: int = 9) -> tuple[Method, nn.Module]:
+    """The method and model of one ablation row around a fresh CLIP; model(frames: videos x T x 3 x H x W) ->
+    logits."""
+    from . import build_method, method_class
     if isinstance(variant, str):
         if variant not in VARIANTS:
             raise ValueError(f"unknown PE-CLIP variant {variant!r}; known: {', '.join(VARIANTS)}")
         variant = VARIANTS[variant]
-    if variant.train not in TRAIN_KINDS:
-        raise ValueError(f"unknown training kind {variant.train!r}; use one of {TRAIN_KINDS}")
-    if variant.train == "probe":
-        return LinearProbe(clip, len(expressions))
-    texts = class_texts(variant.texts, expressions)
-    if variant.train in ("none", "full"):
-        model = PEClip(clip, tokenizer, texts, adapters=False, prompts=False)
-        if variant.train == "full":
-            for n, p in model.clip.named_parameters():
-                p.requires_grad_(n != "logit_scale")   # the logits use PE-CLIP's fixed temperature
-        return model
-    return PEClip(clip, tokenizer, texts, temporal=variant.temporal, adapters=variant.adapters,
-                  prompts=variant.prompts, n_ctx=n_ctx, depth=depth, sha=variant.sha)
+    cls = method_class(variant.method)
+    method = build_method(variant.method, **({"n_ctx": n_ctx, "depth": depth} if cls.config_class is PEClipConfig
+                                             else {}))
+    return method, method.apply(ClassTexts(clip, tokenizer, class_texts(variant.texts, expressions)))
 
 
 def video_dataset(frames: np.ndarray, labels, preprocess) -> TensorDataset:
@@ -273,10 +314,10 @@ class AblationConfig:
     depth: int = 9
 
 
-def _groups(model: nn.Module, v: Variant, cfg: AblationConfig) -> list[dict]:
-    if v.train == "probe":
+def _groups(model: nn.Module, method: Method, cfg: AblationConfig) -> list[dict]:
+    if method.family == "head":
         return [{"params": list(model.head.parameters()), "lr": cfg.lr_probe, "weight_decay": cfg.weight_decay}]
-    if v.train == "full":
+    if method.family == "full":
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr_full,
                  "weight_decay": cfg.weight_decay}]
     return model.param_groups(cfg.lr_adapters, cfg.lr_prompts, cfg.weight_decay)
@@ -318,17 +359,17 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
         seed_everything(seed)
         v = variants[label]
         bb = load_clip()
-        model = build_variant(v, bb.model, bb.tokenizer, expressions, cfg.n_ctx, cfg.depth)
+        method, model = build_variant(v, bb.model, bb.tokenizer, expressions, cfg.n_ctx, cfg.depth)
         row = {"variant": label, "seed": seed, "trainable": count_parameters(model).trainable}
         x0, y0 = next(iter(batches(data["train"], fit_cfg.batch_size)))
-        if v.train == "none":
+        if method.family == "zero-shot":
             t0 = time.perf_counter()
             pred = predict(model, data["test"], batch_size=fit_cfg.batch_size)
             row.update(uar_war_score(pred, y_test), epoch=0, s_per_step=float("nan"),
                        memory_mb=float("nan"), eval_s=time.perf_counter() - t0)
         else:
             mem = training_memory(model, lambda: F.cross_entropy(model(x0), y0))
-            groups = _groups(model, v, cfg)
+            groups = _groups(model, method, cfg)
             r = fit_classifier(model, data["train"], data["test"], dataclasses.replace(fit_cfg, seed=seed),
                                val=data["val"], param_groups=groups, score=uar_war_score)
             pred = predict(model, data["test"], batch_size=fit_cfg.batch_size)   # the selected epoch's weights

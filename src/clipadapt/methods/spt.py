@@ -30,13 +30,17 @@ Choices of this implementation (the chapter states them too):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+
+from . import register
+from .base import Method, option
 
 NOT_RANKED = ("head", "cls_token", "patch_embed", "pos_embed")
 STRUCTURED_KINDS = ("lora", "adapter")
@@ -288,9 +292,10 @@ def backbone_trainable(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head"))
 
 
-# ---- baselines on the same backbone
+# ---- baselines on the same backbone (registered in `clipadapt.methods.baselines`)
 
-def _block_linears(model: nn.Module, suffix: str) -> list[str]:
+def block_linears(model: nn.Module, suffix: str) -> list[str]:
+    """Names of the Linear modules of `model` whose name ends with `suffix` (e.g. "attn.qkv" of every block)."""
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.endswith(suffix)]
 
 
@@ -306,66 +311,119 @@ def full_finetune(model: nn.Module) -> nn.Module:
     return model.requires_grad_(True)
 
 
-def lora_all(model: nn.Module, rank: int = 8) -> nn.Module:
-    """LoRA (peft) on the attention's qkv projection of every block, plus the head (LoRA-r of the VTAB tables
-    applies to q and v; timm fuses q, k and v into one Linear)."""
-    linear_probe(model)
-    add_structured(model, _block_linears(model, "attn.qkv"), "lora", rank)
-    return model
+def lora_budget(model: nn.Module, rank: int) -> int:
+    """The backbone parameters LoRA of `rank` on every qkv projection trains (SPT's default budget here)."""
+    return sum(structured_cost(model.get_submodule(n), "lora", rank) for n in block_linears(model, "attn.qkv"))
 
 
-def adapter_all(model: nn.Module, rank: int = 8) -> nn.Module:
-    """A sequential bottleneck adapter after the MLP of every block, plus the head."""
-    linear_probe(model)
-    add_structured(model, _block_linears(model, "mlp.fc2"), "adapter", rank)
-    return model
+# ---- SPT and its controls as registered methods
+
+@dataclass(frozen=True)
+class SPTConfig:
+    budget: int | None = option(None, "trainable backbone parameters, head excluded (None: what LoRA of `rank` "
+                                      "trains on the backbone, so SPT and LoRA compare at equal cost)",
+                                paper="0.3M-0.8M on ViT-B/16 (Tables 1-2)")
+    rank: int = option(8, "rank of the structured LoRA / adapter modules")
+    alpha: float = option(10.0, "a matrix gets a structured module when its sensitive entries reach cost/alpha")
+    beta: float = option(5.0, "a vector is tuned fully when 1/beta of its entries are sensitive")
+    sensitivity_batches: int = option(16, "batches of the sensitivity pass (official get_sensitivity)")
+    sensitivity_batch_size: int = option(32, "images per sensitivity batch")
+    dropout: float = option(0.1, "dropout of the structured modules")
+    seed: int = option(0, "seed of the sensitivity pass (and of the random-mask control's ranking)")
 
 
-# ---- one entry point for the chapter: every method by name on the same backbone
+def allocation_to_dict(alloc: Allocation) -> dict:
+    d = asdict(alloc)
+    d["sparse"] = {n: idx.tolist() for n, idx in alloc.sparse.items()}
+    return d
 
-PEFT_METHODS = ("linear", "full", "lora", "adapter", "spt-lora", "spt-adapter", "spt-unstructured",
+
+def allocation_from_dict(d: dict) -> Allocation:
+    return Allocation(**{**d, "sparse": {n: torch.tensor(i, dtype=torch.long) for n, i in d["sparse"].items()}})
+
+
+class SPT(Method):
+    """SPT-LoRA: a budget goes to the most sensitive weights, as LoRA modules, full vectors or sparse entries."""
+    family, backbones, chapter, config_class, needs_data = "peft", ("image",), "SPT", SPTConfig, True
+    scores, structured_kind, alpha = "sensitivity", "lora", None   # alpha None: the config's
+
+    def ranking(self, model: nn.Module, data) -> dict[str, torch.Tensor]:
+        if self.scores == "random":
+            return random_scores(model, self.cfg.seed)
+        if self.scores == "magnitude":
+            return magnitude_scores(model)
+        torch.manual_seed(self.cfg.seed)
+        return sensitivity(model, data, self.cfg.sensitivity_batch_size, self.cfg.sensitivity_batches)
+
+    def _apply(self, backbone, kind, data):
+        import time
+        if self.structure:   # loading a trained model: the allocation it was trained with
+            alloc = allocation_from_dict(self.structure)
+        else:
+            budget = self.cfg.budget if self.cfg.budget is not None else lora_budget(backbone, self.cfg.rank)
+            t0 = time.perf_counter()
+            scores = self.ranking(backbone, data)
+            self.info["ranking_s"] = time.perf_counter() - t0
+            alpha = self.cfg.alpha if self.alpha is None else self.alpha
+            alloc = allocate(backbone, scores, budget, self.structured_kind, self.cfg.rank, alpha, self.cfg.beta)
+            self.structure = allocation_to_dict(alloc)
+        self.info["allocation"] = alloc
+        return apply_allocation(backbone, alloc, self.cfg.dropout)
+
+    def stored(self, model: nn.Module) -> int:
+        """What trained plus the position of every sparse entry."""
+        return super().stored(model) + allocation_from_dict(self.structure).sparse_params
+
+
+register("spt-lora", "SPT-LoRA")(SPT)
+
+
+@register("spt-adapter", "SPT-Adapter")
+class SPTAdapter(SPT):
+    """SPT-Adapter: as SPT-LoRA, with sequential adapters as the structured modules."""
+    structured_kind = "adapter"
+
+
+@register("spt-unstructured", "SPT, sparse entries only")
+class SPTUnstructured(SPT):
+    """SPT's ablation: the budget goes to sparse entries only (alpha = 0, no structured module)."""
+    alpha = 0.0
+
+
+@register("spt-structured", "SPT, structured only")
+class SPTStructured(SPT):
+    """SPT's ablation: every matrix with a sensitive entry gets a LoRA module (alpha = inf)."""
+    alpha = float("inf")
+
+
+@register("random-mask", "random mask")
+class RandomMask(SPT):
+    """Control: SPT's allocation from a random ranking instead of sensitivity."""
+    scores, needs_data = "random", False
+
+
+@register("magnitude-mask", "magnitude mask")
+class MagnitudeMask(SPT):
+    """Control: SPT's allocation from |w| instead of sensitivity."""
+    scores, needs_data = "magnitude", False
+
+
+# ---- one entry point for the chapter: every method by registry name on the same backbone
+
+PEFT_METHODS = ("linear-probe", "full-finetune", "lora", "adapter", "spt-lora", "spt-adapter", "spt-unstructured",
                 "spt-structured", "random-mask", "magnitude-mask")
 
 
-def prepare(method: str, model: nn.Module, data, budget: int | None = None,
-            rank: int = 8, seed: int = 0, sensitivity_batches: int = 16, sensitivity_batch_size: int = 32) -> dict:
-    """Make `model` (a timm ViT with the task's head) trainable as `method` says; in place.
-
-    SPT variants and the two controls need `budget` (trainable parameters, head excluded); they rank the entries
-    by sensitivity on the first `sensitivity_batches` batches of the training set `data` (controls: random or |w|). Returns what was
-    done: trainable count, the allocation (if any) and the seconds the ranking took.
-    """
-    import time
-    if method not in PEFT_METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(PEFT_METHODS)}")
-    info = {"method": method, "allocation": None, "ranking_s": 0.0}
-    if method == "linear":
-        linear_probe(model)
-    elif method == "full":
-        full_finetune(model)
-    elif method == "lora":
-        lora_all(model, rank)
-    elif method == "adapter":
-        adapter_all(model, rank)
-    else:
-        if budget is None:
-            raise ValueError(f"{method} needs a budget (trainable parameters, head excluded)")
-        t0 = time.perf_counter()
-        if method == "random-mask":
-            scores = random_scores(model, seed)
-        elif method == "magnitude-mask":
-            scores = magnitude_scores(model)
-        else:
-            torch.manual_seed(seed)
-            scores = sensitivity(model, data, sensitivity_batch_size, sensitivity_batches)
-        info["ranking_s"] = time.perf_counter() - t0
-        kind = "adapter" if method == "spt-adapter" else "lora"
-        alpha = {"spt-unstructured": 0.0, "spt-structured": float("inf")}.get(method, 10.0)
-        alloc = allocate(model, scores, budget, kind=kind, rank=rank, alpha=alpha)
-        apply_allocation(model, alloc)
-        info["allocation"] = alloc
-    info["trainable"] = backbone_trainable(model)
-    return info
+def prepare(method: str, model: nn.Module, data, **options) -> dict:
+    """Make `model` (a timm ViT with the task's head) the registered `method`, in place; `options` are the
+    method's config fields (budget, rank, seed, ...; those it does not have are ignored, None leaves the default).
+    Returns what was done: the method, trainable count (head excluded), the allocation (SPT) and ranking seconds."""
+    from . import build_method, method_class
+    fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
+    m = build_method(method, **{k: v for k, v in options.items() if k in fields and v is not None})
+    m.apply(model, data)
+    return {"method": method, "built": m, "allocation": m.info.get("allocation"),
+            "ranking_s": m.info.get("ranking_s", 0.0), "trainable": backbone_trainable(model)}
 
 
 def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit_cfg=None, show_progress: bool = True):

@@ -44,8 +44,9 @@ def confident_views(logits: torch.Tensor, share: float) -> torch.Tensor:
     return ent.argsort()[:max(1, int(logits.shape[0] * share))]
 
 
-@register("tpt")
+@register("tpt", "TPT")
 class TPT(TTAMethod):
+    """TPT (Shu et al., NeurIPS 2022): per image, tune the prompt on confident augmented views (episodic)."""
     config_class = TPTConfig
     adapt_text = True
 

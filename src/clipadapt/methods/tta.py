@@ -45,7 +45,9 @@ def layer_norms(module: nn.Module) -> list[nn.LayerNorm]:
 
 
 class TTAMethod(nn.Module):
+    """Base of the test-time methods: wrap a CLIP and a class list; each call on a batch predicts, then adapts."""
     config_class = TTAConfig
+    kind, family, backbones, chapter = "test-time", "test-time", ("clip",), "BATCLIP"
     adapt_text = False  # does the text encoder change (so text features are recomputed every batch)?
 
     def __init__(self, model: nn.Module, tokenizer, classnames, cfg: TTAConfig | None = None):
@@ -145,15 +147,16 @@ class TTAMethod(nn.Module):
         return {"accuracy": accuracy(pred, labels), "pred": pred}
 
 
-@register("zero-shot")
-class ZeroShot(TTAMethod):
-    """CLIP as it is: no parameter changes; the reference every TTA method is compared with."""
+@register("source", "no adaptation")
+class Source(TTAMethod):
+    """The source model as it is (zero-shot CLIP on the stream): the reference every test-time method is compared
+    with."""
 
     def loss(self, out):  # never called: nothing is trainable
-        raise RuntimeError("zero-shot has no loss")
+        raise RuntimeError("the source model has no loss")
 
 
-@register("tent")
+@register("tent", "Tent")
 class Tent(TTAMethod):
     """Tent for CLIP: minimise prediction entropy over the LayerNorms of the vision encoder (text fixed)."""
 

@@ -29,6 +29,9 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from . import register
+from .base import Method, option
+
 GRANULARITIES = ("large", "middlex", "middley", "small")
 METHODS = ("full", "vl-adapter", "lora", "bitfit", "prompt") + tuple(f"vl-pet-{g}" for g in GRANULARITIES) + (
     "vl-adapter+g-large",)
@@ -331,8 +334,8 @@ class PromptMLP(nn.Module):
         return self.mlp(self.embed.weight)
 
 
-def apply_method(model, method: str, cfg: VLPETConfig | None = None, base: BaselineConfig = BaselineConfig()):
-    """Turn a `VLModel` into `method` in place: insert its modules, freeze everything else. Returns the model."""
+def apply_vl(model, method: str, cfg: VLPETConfig | None = None, base: BaselineConfig = BaselineConfig()):
+    """Turn a `VLModel` into `method` (a key of METHODS) in place: insert its modules, freeze everything else."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     lm = model.lm
@@ -357,6 +360,69 @@ def apply_method(model, method: str, cfg: VLPETConfig | None = None, base: Basel
     for n, p in model.named_parameters():
         p.requires_grad_(n in keep)
     return model
+
+
+# the chapter's row labels (the paper's Table 2 names) -> registry names
+REGISTRY_NAMES = {"full": "full-finetune", "prompt": "prompt-tuning", "vl-adapter+g-large": "vl-adapter-g-large"}
+
+
+def apply_method(model, method: str, cfg: VLPETConfig | None = None, base: BaselineConfig = BaselineConfig()):
+    """The chapter's row `method` (a key of METHODS) on a `VLModel`, built through the registry; returns the model."""
+    from . import build_method
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    name = REGISTRY_NAMES.get(method, method)
+    options = {"lora": {"rank_reduction": base.lora_rank_reduction}, "full-finetune": {}}.get(
+        name, {"pet": cfg, "baseline": base})
+    return build_method(name, **options).apply(model)
+
+
+@dataclass(frozen=True)
+class VLMethodConfig:
+    pet: VLPETConfig | None = option(None, "sizes of the PET modules (None: the paper's preset for the backbone, "
+                                           "BART's or T5_PRESET)")
+    baseline: BaselineConfig = option(BaselineConfig(), "sizes of Table 2's baselines (VL-Adapter, prompt tuning)")
+
+
+class VLMethod(Method):
+    """VL-PET: granularity-controlled gates on multi-head adapters in the encoder, a lightweight decoder adapter."""
+    family, backbones, chapter, config_class = "peft", ("vl",), "VL-PET", VLMethodConfig
+    key = ""   # the METHODS key apply_vl builds
+
+    def _apply(self, backbone, kind, data):
+        if kind == "image":   # VL-PET's encoder design on a ViT (the arena's image tower)
+            return add_to_vit(backbone, replace(self.cfg.pet or VLPETConfig(), granularity=self.key.removeprefix("vl-pet-")))
+        return apply_vl(backbone, self.key, self.cfg.pet, self.cfg.baseline)
+
+
+for _g in GRANULARITIES:
+    register(f"vl-pet-{_g}", f"VL-PET ({_g})")(type(f"VLPET_{_g}", (VLMethod,), {
+        "key": f"vl-pet-{_g}", "backbones": ("vl", "image"),
+        "__doc__": f"VL-PET with the {_g} gate granularity (Table 2); on the image tower, the encoder design alone."}))
+
+
+@register("vl-adapter", "VL-Adapter")
+class VLAdapter(VLMethod):
+    """VL-Adapter (Sung et al., CVPR 2022): sequential adapters after every sublayer, all LayerNorms train."""
+    key = "vl-adapter"
+
+
+@register("vl-adapter-g-large", "VL-Adapter + large gate")
+class VLAdapterGated(VLMethod):
+    """Table 9: VL-Adapter's adapter with VL-PET's large gate and lightweight decoder."""
+    key = "vl-adapter+g-large"
+
+
+@register("bitfit", "BitFit")
+class BitFit(VLMethod):
+    """BitFit (Ben Zaken et al., ACL 2022): only the biases of the language model train."""
+    key = "bitfit"
+
+
+@register("prompt-tuning", "prompt tuning")
+class PromptTuning(VLMethod):
+    """Prompt tuning: 40 prompt vectors through an MLP before the text (VL-Adapter's PromptController)."""
+    family, key = "prompts", "prompt"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

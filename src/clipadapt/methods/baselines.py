@@ -1,0 +1,95 @@
+"""The baselines every chapter compares with, one class each on every backbone where the book uses them.
+
+- `zero-shot`: CLIP as it is, classes by their texts (nothing trains);
+- `linear-probe`: a linear classifier on frozen features (the image tower's head; on CLIP, PE-CLIP's probe on the
+  mean-pooled, normalised frame embeddings);
+- `full-finetune`: every weight (on CLIP all but `logit_scale`: the logits keep PE-CLIP's fixed temperature);
+- `lora`: LoRA through peft (image tower: the attention's fused qkv projection of every block at rank r, as SPT's
+  VTAB-1k baseline; VL model: q and v of every attention at rank d/6, as VL-PET's Table 2);
+- `adapter`: a sequential bottleneck adapter after the MLP of every block (SPT's adapter baseline).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from . import peclip, register, spt, vlpet
+from .base import Method, option
+
+
+@register("zero-shot", "zero-shot")
+class ZeroShot(Method):
+    """CLIP as it is: each class by the cosine with its text; nothing trains."""
+    family, backbones, chapter = "zero-shot", ("clip",), "backbone"
+
+    def _apply(self, backbone, kind, data):
+        return peclip.PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
+
+
+@register("linear-probe", "linear probe")
+class LinearProbe(Method):
+    """A linear classifier on the frozen backbone's features."""
+    family, backbones, chapter = "head", ("image", "clip"), "SPT"
+
+    def _apply(self, backbone, kind, data):
+        if kind == "image":
+            return spt.linear_probe(backbone)
+        return peclip.LinearProbe(backbone.clip, len(backbone.texts))
+
+
+@register("full-finetune", "full fine-tuning")
+class FullFinetune(Method):
+    """Every weight of the backbone trains (the reference for accuracy and memory)."""
+    family, backbones, chapter = "full", ("image", "clip", "vl"), "SPT"
+
+    def _apply(self, backbone, kind, data):
+        if kind == "image":
+            return spt.full_finetune(backbone)
+        if kind == "vl":
+            return vlpet.apply_vl(backbone, "full")
+        model = peclip.PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
+        for n, p in model.clip.named_parameters():
+            p.requires_grad_(n != "logit_scale")   # the logits use PE-CLIP's fixed temperature
+        return model
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = option(8, "image tower: LoRA rank on each block's qkv projection (SPT's VTAB-1k LoRA-8)")
+    dropout: float = option(0.1, "image tower: dropout before the LoRA down-projection")
+    rank_reduction: int = option(6, "VL model: rank = d_model / this, on q and v (128 on BART-base), alpha r/4")
+
+
+@register("lora", "LoRA")
+class LoRA(Method):
+    """Low-rank updates of the attention projections through peft, plus the head (image tower) or the biases (VL)."""
+    family, backbones, chapter, config_class = "peft", ("image", "vl"), "SPT", LoRAConfig
+
+    def _apply(self, backbone, kind, data):
+        if kind == "vl":
+            return vlpet.apply_vl(backbone, "lora", base=vlpet.BaselineConfig(lora_rank_reduction=self.cfg.rank_reduction))
+        spt.linear_probe(backbone)
+        spt.add_structured(backbone, spt.block_linears(backbone, "attn.qkv"), "lora", self.cfg.rank, self.cfg.dropout)
+        return backbone
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    rank: int = option(8, "bottleneck width of the adapter after each block's MLP (SPT's VTAB-1k setting)")
+    dropout: float = option(0.1, "dropout before the down-projection")
+
+
+@register("adapter", "adapter")
+class Adapter(Method):
+    """A sequential bottleneck adapter after the MLP of every block, plus the head."""
+    family, backbones, chapter, config_class = "peft", ("image",), "SPT", AdapterConfig
+
+    def _apply(self, backbone, kind, data):
+        spt.linear_probe(backbone)
+        spt.add_structured(backbone, spt.block_linears(backbone, "mlp.fc2"), "adapter", self.cfg.rank, self.cfg.dropout)
+        return backbone
+
+
+def trainable_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
