@@ -116,7 +116,8 @@ def get_method(name: str) -> ArenaMethod:
         return rows[0]
     if rows:
         raise ValueError(f"{name!r} runs on both arena backbones; choose {' or '.join(repr(m.name) for m in rows)}")
-    method_class(name) if name.islower() and " " not in name else None   # an unknown registry name lists close ones
+    if name.islower() and " " not in name:
+        method_class(name)   # an unknown registry name: the error lists the close ones
     raise ValueError(f"{name!r} is a registered method the arena does not run; the arena's rows: {', '.join(ARENA)} "
                      "(registry names: " + ", ".join(dict.fromkeys(m.method for m in ARENA.values())) + ")")
 

@@ -30,7 +30,7 @@ def methods(argv: list[str]) -> int:
             ap.exit(2, f"error: {e}\n")
         print(f"{cls.name}: {cls.title} ({cls.kind}, {cls.family}; backbones: {', '.join(cls.backbones)}; "
               f"chapter: {cls.chapter})\n\n{(cls.__doc__ or '').strip()}\n")
-        rows = [{**r, "default": repr(r["default"]), "paper": str(r["paper"])} for r in config_help(cls.config_class)]
+        rows = [{**r, "default": repr(r["default"]), "paper": "-" if r["paper"] is None else str(r["paper"])} for r in config_help(cls.config_class)]
         with pd.option_context(*[x for kv in width.items() for x in kv]):
             print(pd.DataFrame(rows).to_string(index=False, justify="left") if rows else "no options")
         return 0

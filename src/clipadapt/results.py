@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .utils import atomic_write
+
 VERSIONED = ("torch", "open_clip_torch", "peft", "numpy", "clipadapt")
 
 
@@ -66,8 +68,8 @@ class RunRecord:
         self.wall_time_s = round(time.time() - self.started, 2)
         root = root if root is not None else os.environ.get("CLIPADAPT_RESULTS", "results")
         path = Path(root) / f"{self.notebook}.{self.profile}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False, default=_jsonable))
+        text = json.dumps(asdict(self), indent=2, ensure_ascii=False, default=_jsonable)
+        atomic_write(path, lambda p: p.write_text(text))
         return path
 
 

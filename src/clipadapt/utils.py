@@ -24,6 +24,20 @@ def cache_dir() -> Path:
     return p
 
 
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp_path)`, then rename onto `path`: a reader never sees a half-written file."""
+    import tempfile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def progress(iterable=None, **kw):
     """tqdm that works in notebooks and terminals; pass `disable=True` to silence."""
     kw.setdefault("dynamic_ncols", True)

@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from .base import FAMILIES
+
 _REGISTRY: dict[str, type] = {}
 
 
@@ -24,6 +26,8 @@ def register(name: str, title: str | None = None):
             raise ValueError(f"method names are lowercase and hyphenated: {name!r}")
         if key in _REGISTRY:
             raise ValueError(f"method {key!r} is registered twice")
+        if getattr(cls, "family", None) not in FAMILIES:
+            raise ValueError(f"method {key!r} has family {getattr(cls, 'family', None)!r}; use one of {FAMILIES}")
         cls.name = key
         cls.title = title or cls.__dict__.get("title") or key
         _REGISTRY[key] = cls
@@ -81,7 +85,10 @@ def load_trained(folder: str | os.PathLike, backbone):
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder} has no saved method ({CONFIG} and {WEIGHTS}); save one with "
                                 "method.save(model, folder)")
-    desc = json.loads((folder / CONFIG).read_text())
+    try:
+        desc = json.loads((folder / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{folder / CONFIG} is not a readable saved method ({e}); save the method again") from e
     cls = method_class(desc["method"])
     method = cls(config_from_dict(cls.config_class, desc["config"]))
     method.structure = desc.get("structure") or {}

@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from ..utils import atomic_write
 
 BACKBONES = {
     "image": "a timm VisionTransformer with a linear head (CLIP's image tower)",
@@ -39,8 +40,9 @@ WEIGHTS, CONFIG = "weights.pt", "method.json"
 
 
 def option(default: Any, help: str, paper: Any = None):
-    """A config field that says what it means and, where the paper fixes it, the paper's value."""
-    meta = {"help": help, "paper": default if paper is None else paper}
+    """A config field that says what it means and, where the paper states it, the paper's value (None: not stated
+    there, or not a paper setting)."""
+    meta = {"help": help, "paper": paper}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,19 +87,6 @@ def backbone_kind(backbone) -> str:
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters of `model` that require grad, by name."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(tmp_path)`, then rename onto `path`: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class Method:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from . import peclip, register, spt, vlpet
 from .base import Method, option
 
@@ -56,9 +54,10 @@ class FullFinetune(Method):
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    rank: int = option(8, "image tower: LoRA rank on each block's qkv projection (SPT's VTAB-1k LoRA-8)")
+    rank: int = option(8, "image tower: LoRA rank on each block's qkv projection (SPT's VTAB-1k LoRA-8)", paper=8)
     dropout: float = option(0.1, "image tower: dropout before the LoRA down-projection")
-    rank_reduction: int = option(6, "VL model: rank = d_model / this, on q and v (128 on BART-base), alpha r/4")
+    rank_reduction: int = option(6, "VL model: rank = d_model / this, on q and v (128 on BART-base), alpha r/4",
+                                 paper=6)
 
 
 @register("lora", "LoRA")
@@ -76,7 +75,7 @@ class LoRA(Method):
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    rank: int = option(8, "bottleneck width of the adapter after each block's MLP (SPT's VTAB-1k setting)")
+    rank: int = option(8, "bottleneck width of the adapter after each block's MLP (SPT's VTAB-1k setting)", paper=8)
     dropout: float = option(0.1, "dropout before the down-projection")
 
 
@@ -89,7 +88,3 @@ class Adapter(Method):
         spt.linear_probe(backbone)
         spt.add_structured(backbone, spt.block_linears(backbone, "mlp.fc2"), "adapter", self.cfg.rank, self.cfg.dropout)
         return backbone
-
-
-def trainable_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

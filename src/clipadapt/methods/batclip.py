@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register
+from .base import option
 from .tta import TTAConfig, TTAMethod, entropy, layer_norms
 
 TOWERS = ("both", "image", "text")
@@ -23,9 +24,9 @@ TOWERS = ("both", "image", "text")
 @dataclass
 class BATCLIPConfig(TTAConfig):
     """Defaults are the paper's CIFAR-10-C set-up (AdamW, lr 1e-3, wd 0.01, batch 200 chosen by the caller)."""
-    towers: str = "both"          # whose LayerNorms adapt: "both" (BATCLIP), "image" or "text" (ablations)
-    use_pm: bool = True           # projection matching L_pm (ablation: False)
-    use_sp: bool = True           # inter-class separation L_sp (ablation: False)
+    towers: str = option("both", "whose LayerNorms adapt: both (BATCLIP), image or text (ablations)", paper="both")
+    use_pm: bool = option(True, "projection matching L_pm (ablation: False)", paper=True)
+    use_sp: bool = option(True, "inter-class separation L_sp (ablation: False)", paper=True)
 
 
 def batclip_losses(logits: torch.Tensor, image_pre: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -65,11 +65,11 @@ def pair_loss(z: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> tor
 class HeadConfig:
     """The authors' defaults (`main_mmimdb.py`): 128 outputs, T = 0.1, batch 128, 10 epochs, Adam lr 1e-3. With a
     few hundred labelled rows an epoch is a handful of updates, so the ci chapter trains more epochs."""
-    out_dim: int = option(128, "output dimension of the projection head")
-    temperature: float = option(0.1, "temperature of the pair loss")
-    batch_size: int = option(128, "embeddings per batch (the loss compares every pair in it)")
-    epochs: int = option(10, "passes over the labelled embeddings")
-    lr: float = option(1e-3, "Adam learning rate")
+    out_dim: int = option(128, "output dimension of the projection head", paper=128)
+    temperature: float = option(0.1, "temperature of the pair loss", paper=0.1)
+    batch_size: int = option(128, "embeddings per batch (the loss compares every pair in it)", paper=128)
+    epochs: int = option(10, "passes over the labelled embeddings", paper=10)
+    lr: float = option(1e-3, "Adam learning rate", paper=1e-3)
     monitor_fraction: float = option(0.2, "share held out from training to watch the loss and pair AUC")
     seed: int = option(0, "seed of the split, the initialisation and the batch order")
     device: str = option("cpu", "where the head trains (cuda for the paper's large embedding sets)")

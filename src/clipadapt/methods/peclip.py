@@ -278,18 +278,21 @@ def class_texts(kind: str, expressions) -> list[str]:
     raise ValueError(f"unknown class texts {kind!r}; use 'au' or 'names'")
 
 
-def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expressions, n_ctx: int = 2,
-                  depth: int = 9) -> tuple[Method, nn.Module]:
+def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expressions, **options) -> tuple[Method, nn.Module]:
     """The method and model of one ablation row around a fresh CLIP; model(frames: videos x T x 3 x H x W) ->
-    logits."""
+    logits. `options`: PEClipConfig fields (n_ctx, depth, lr_prompts), used by the rows that have them."""
+    import dataclasses
+
     from . import build_method, method_class
     if isinstance(variant, str):
         if variant not in VARIANTS:
             raise ValueError(f"unknown PE-CLIP variant {variant!r}; known: {', '.join(VARIANTS)}")
         variant = VARIANTS[variant]
-    cls = method_class(variant.method)
-    method = build_method(variant.method, **({"n_ctx": n_ctx, "depth": depth} if cls.config_class is PEClipConfig
-                                             else {}))
+    unknown = set(options) - {f.name for f in dataclasses.fields(PEClipConfig)}
+    if unknown:
+        raise ValueError(f"unknown PE-CLIP option(s) {', '.join(sorted(unknown))}; use n_ctx, depth, lr_prompts")
+    fields = {f.name for f in dataclasses.fields(method_class(variant.method).config_class)}
+    method = build_method(variant.method, **{k: v for k, v in options.items() if k in fields})
     return method, method.apply(ClassTexts(clip, tokenizer, class_texts(variant.texts, expressions)))
 
 
@@ -320,7 +323,7 @@ def _groups(model: nn.Module, method: Method, cfg: AblationConfig) -> list[dict]
     if method.family == "full":
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr_full,
                  "weight_decay": cfg.weight_decay}]
-    return model.param_groups(cfg.lr_adapters, cfg.lr_prompts, cfg.weight_decay)
+    return method.param_groups(model, cfg.lr_adapters, cfg.weight_decay)   # prompts at the method's lr_prompts
 
 
 def uar_war_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -359,7 +362,8 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
         seed_everything(seed)
         v = variants[label]
         bb = load_clip()
-        method, model = build_variant(v, bb.model, bb.tokenizer, expressions, cfg.n_ctx, cfg.depth)
+        method, model = build_variant(v, bb.model, bb.tokenizer, expressions, n_ctx=cfg.n_ctx, depth=cfg.depth,
+                                      lr_prompts=cfg.lr_prompts)
         row = {"variant": label, "seed": seed, "trainable": count_parameters(model).trainable}
         x0, y0 = next(iter(batches(data["train"], fit_cfg.batch_size)))
         if method.family == "zero-shot":

@@ -323,11 +323,11 @@ class SPTConfig:
     budget: int | None = option(None, "trainable backbone parameters, head excluded (None: what LoRA of `rank` "
                                       "trains on the backbone, so SPT and LoRA compare at equal cost)",
                                 paper="0.3M-0.8M on ViT-B/16 (Tables 1-2)")
-    rank: int = option(8, "rank of the structured LoRA / adapter modules")
-    alpha: float = option(10.0, "a matrix gets a structured module when its sensitive entries reach cost/alpha")
-    beta: float = option(5.0, "a vector is tuned fully when 1/beta of its entries are sensitive")
-    sensitivity_batches: int = option(16, "batches of the sensitivity pass (official get_sensitivity)")
-    sensitivity_batch_size: int = option(32, "images per sensitivity batch")
+    rank: int = option(8, "rank of the structured LoRA / adapter modules", paper=8)
+    alpha: float = option(10.0, "a matrix gets a structured module when its sensitive entries reach cost/alpha", paper=10.0)
+    beta: float = option(5.0, "a vector is tuned fully when 1/beta of its entries are sensitive", paper=5.0)
+    sensitivity_batches: int = option(16, "batches of the sensitivity pass (official get_sensitivity)", paper=16)
+    sensitivity_batch_size: int = option(32, "images per sensitivity batch", paper=32)
     dropout: float = option(0.1, "dropout of the structured modules")
     seed: int = option(0, "seed of the sensitivity pass (and of the random-mask control's ranking)")
 
@@ -372,7 +372,7 @@ class SPT(Method):
 
     def stored(self, model: nn.Module) -> int:
         """What trained plus the position of every sparse entry."""
-        return super().stored(model) + allocation_from_dict(self.structure).sparse_params
+        return super().stored(model) + sum(len(idx) for idx in self.structure["sparse"].values())
 
 
 register("spt-lora", "SPT-LoRA")(SPT)

@@ -18,17 +18,19 @@ from torchvision.transforms import v2
 
 from ..models.prompts import PromptContext
 from . import register
+from .base import option
 from .tta import TTAConfig, TTAMethod
 
 
 @dataclass
 class TPTConfig(TTAConfig):
     """Defaults are the official ones: AdamW lr 5e-3, one step, 64 views, top 10% most confident, episodic."""
-    lr: float = 5e-3
-    episodic: bool = True
-    n_views: int = 64                         # the original image + 63 augmented views
-    selection: float = 0.1                    # share of views kept (lowest entropy)
-    crop_scale: tuple[float, float] = (0.08, 1.0)   # RandomResizedCrop's default scale, as TPT's ImageNet views
+    lr: float = option(5e-3, "learning rate of the prompt context", paper=5e-3)
+    episodic: bool = option(True, "reset after every image (TPT is episodic)", paper=True)
+    n_views: int = option(64, "the original image + augmented views", paper=64)
+    selection: float = option(0.1, "share of views kept (lowest entropy)", paper=0.1)
+    crop_scale: tuple[float, float] = option((0.08, 1.0), "RandomResizedCrop's scale, as TPT's ImageNet views",
+                                             paper=(0.08, 1.0))
 
 
 def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -22,17 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register
+from .base import option
 
 
 @dataclass
 class TTAConfig:
-    template: str = "a photo of a {}."   # one prompt per class, as BATCLIP uses
-    optimizer: str = "adamw"             # "adamw" or "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    steps: int = 1                       # gradient steps per test batch
-    episodic: bool = False               # True: reset before every batch; False: continual until reset()
-    precision: str = "fp32"              # "fp32" or "bf16" (autocast of the forward pass)
+    template: str = option("a photo of a {}.", "one prompt per class, as BATCLIP uses")
+    optimizer: str = option("adamw", "adamw or adam")
+    lr: float = option(1e-3, "learning rate of the adapted parameters")
+    weight_decay: float = option(0.01, "weight decay of the optimiser")
+    steps: int = option(1, "gradient steps per test batch")
+    episodic: bool = option(False, "True: reset before every batch; False: continual until reset()")
+    precision: str = option("fp32", "fp32, or bf16 (autocast of the forward pass)")
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
