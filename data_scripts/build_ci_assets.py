@@ -12,7 +12,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from clipadapt.models.loader import tiny_checkpoint_path  # noqa: E402
+from clipadapt.models.pretrain import tiny_checkpoint_path  # noqa: E402
 from clipadapt.models.pretrain import PretrainConfig, history_path, pretrain_tiny_clip  # noqa: E402
 from clipadapt.models.seq2seq import pretrain_tiny_lm, tiny_lm_dir  # noqa: E402
 

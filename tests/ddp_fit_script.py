@@ -30,7 +30,7 @@ if mode == "fit":
 elif mode == "tta":   # fake CIFAR-10-C under DATA_ROOT (tests/test_accelerate.py writes it), the tiny CLIP
     from clipadapt.methods.batclip import bench_setup
     from clipadapt.methods.tta import corruption_benchmark
-    from clipadapt.models.loader import TINY_NAME, TINY_TAG, load_clip
+    from clipadapt.models import TINY_NAME, TINY_TAG, load_clip
     s = bench_setup("paper", "cifar10-c", data_root=rest[0])
     methods = {"zero-shot": {"method": "source"}, "BATCLIP": {"method": "batclip", **s.optim},
                "Tent": {"method": "tent", **s.optim}}

@@ -249,7 +249,7 @@ def test_chapter_paper_branch_runs_on_stand_ins(tmp_path, monkeypatch):
     # the paper profile's chapter path (DFEW reader, validation selection, mixup, published-vs-ours table) on fake
     # clips in DFEW's layout and the tiny CLIP saved as a local checkpoint; the numbers are meaningless here
     from clipadapt import book
-    from clipadapt.models.loader import TINY_NAME, load_clip
+    from clipadapt.models import TINY_NAME, load_clip
     from clipadapt.results import load_record
     _fake_dfew(tmp_path, n_train=24, n_test=7, folds=(1, 2))
     torch.save(load_clip(TINY_NAME, None).model.state_dict(), tmp_path / "w.pt")

@@ -8,7 +8,7 @@ from clipadapt.bench import count_parameters
 from clipadapt.methods import build_method, known_methods
 from clipadapt.methods.batclip import batclip_losses
 from clipadapt.models import TINY_NAME, load_clip
-from clipadapt.models.loader import tiny_config
+from clipadapt.models.tiny import tiny_config
 
 CLASSES = ["circle", "square", "triangle", "star"]
 

@@ -409,7 +409,8 @@ def robustness(methods, task, source=None, seeds=(0, 1, 2), cfg: ArenaConfig | N
     from .data.microworld import LabelledSet
     from .data.streams import GeneratedC
     from .eval import accuracy
-    from .models.loader import load_backbone, preprocess_batch
+    from .models.loader import load_backbone
+    from .transforms import preprocess_batch
     from .profiles import get_profile
     cfg, rcfg = cfg or ArenaConfig(), rcfg or RobustnessConfig()
     device = get_profile(profile).device
@@ -457,7 +458,7 @@ def _dataset(clip, images, labels):
     from torch.utils.data import TensorDataset
 
     from .finetune import ImageSet
-    from .models.loader import preprocess_batch
+    from .transforms import preprocess_batch
     if isinstance(images, np.ndarray) and images.ndim == 5:   # clips: n x T x H x W x 3, every frame preprocessed
         x = preprocess_batch(clip.preprocess, images.reshape(-1, *images.shape[2:]))
         return TensorDataset(x.reshape(*images.shape[:2], *x.shape[1:]), torch.as_tensor(labels, dtype=torch.long))

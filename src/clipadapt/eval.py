@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.loader import preprocess_batch
+from .transforms import preprocess_batch
 from .utils import progress
 
 

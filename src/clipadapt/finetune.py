@@ -72,7 +72,7 @@ class ImageSet(Dataset):
         return len(self.labels)
 
     def __getitem__(self, idx: Sequence[int]):
-        from .models.loader import preprocess_batch
+        from .transforms import preprocess_batch
         return preprocess_batch(self.transform, [np.asarray(self.images[int(i)]) for i in idx]), self.labels[list(idx)]
 
 

@@ -135,7 +135,7 @@ class VideoFiles(torch.utils.data.Dataset):
     def __getitem__(self, idx):
         from PIL import Image
 
-        from ..models.loader import preprocess_batch
+        from ..transforms import preprocess_batch
         videos = [preprocess_batch(self.transform, [np.asarray(Image.open(f).convert("RGB")) for f in self.frames(int(i))])
                   for i in idx]
         return torch.stack(videos), self.labels[list(idx)]

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import peclip, register, spt, vlpet
+from .peclip import LinearProbe as VideoLinearProbe
+from .peclip import PEClip
+from .spt import add_structured, block_linears, full_finetune, linear_probe
+from .vlpet import BaselineConfig, apply_vl
+from .registry import register
 from .base import Method, option
 
 
@@ -22,7 +26,7 @@ class ZeroShot(Method):
     family, backbones, chapter = "zero-shot", ("clip",), "backbone"
 
     def _apply(self, backbone, kind, data):
-        return peclip.PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
+        return PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
 
 
 @register("linear-probe", "linear probe")
@@ -32,8 +36,8 @@ class LinearProbe(Method):
 
     def _apply(self, backbone, kind, data):
         if kind == "image":
-            return spt.linear_probe(backbone)
-        return peclip.LinearProbe(backbone.clip, len(backbone.texts))
+            return linear_probe(backbone)
+        return VideoLinearProbe(backbone.clip, len(backbone.texts))
 
 
 @register("full-finetune", "full fine-tuning")
@@ -43,10 +47,10 @@ class FullFinetune(Method):
 
     def _apply(self, backbone, kind, data):
         if kind == "image":
-            return spt.full_finetune(backbone)
+            return full_finetune(backbone)
         if kind == "vl":
-            return vlpet.apply_vl(backbone, "full")
-        model = peclip.PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
+            return apply_vl(backbone, "full")
+        model = PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
         for n, p in model.clip.named_parameters():
             p.requires_grad_(n != "logit_scale")   # the logits use PE-CLIP's fixed temperature
         return model
@@ -67,9 +71,9 @@ class LoRA(Method):
 
     def _apply(self, backbone, kind, data):
         if kind == "vl":
-            return vlpet.apply_vl(backbone, "lora", base=vlpet.BaselineConfig(lora_rank_reduction=self.cfg.rank_reduction))
-        spt.linear_probe(backbone)
-        spt.add_structured(backbone, spt.block_linears(backbone, "attn.qkv"), "lora", self.cfg.rank, self.cfg.dropout)
+            return apply_vl(backbone, "lora", base=BaselineConfig(lora_rank_reduction=self.cfg.rank_reduction))
+        linear_probe(backbone)
+        add_structured(backbone, block_linears(backbone, "attn.qkv"), "lora", self.cfg.rank, self.cfg.dropout)
         return backbone
 
 
@@ -85,6 +89,6 @@ class Adapter(Method):
     family, backbones, chapter, config_class = "peft", ("image",), "SPT", AdapterConfig
 
     def _apply(self, backbone, kind, data):
-        spt.linear_probe(backbone)
-        spt.add_structured(backbone, spt.block_linears(backbone, "mlp.fc2"), "adapter", self.cfg.rank, self.cfg.dropout)
+        linear_probe(backbone)
+        add_structured(backbone, block_linears(backbone, "mlp.fc2"), "adapter", self.cfg.rank, self.cfg.dropout)
         return backbone

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import register
+from .registry import register
 from .base import option
 from .tta import TTAConfig, TTAMethod, entropy, layer_norms
 

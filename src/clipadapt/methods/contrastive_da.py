@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import progress, seed_everything
-from . import register
+from .registry import register
 from .base import Method, option
 
 FUSIONS = ("joint", "per-modality")

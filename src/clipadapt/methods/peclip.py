@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from . import register
+from .registry import register
 from .base import ClassTexts, Method, option
 
 REDUCTION = 8
@@ -283,7 +283,7 @@ def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expression
     logits. `options`: PEClipConfig fields (n_ctx, depth, lr_prompts), used by the rows that have them."""
     import dataclasses
 
-    from . import build_method, method_class
+    from .registry import build_method, method_class
     if isinstance(variant, str):
         if variant not in VARIANTS:
             raise ValueError(f"unknown PE-CLIP variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -298,7 +298,7 @@ def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expression
 
 def video_dataset(frames: np.ndarray, labels, preprocess) -> TensorDataset:
     """In-memory clips (uint8 n x T x H x W x 3) preprocessed once: a list-indexed dataset of (n x T x 3 x S x S)."""
-    from ..models.loader import preprocess_batch
+    from ..transforms import preprocess_batch
     n, t = frames.shape[:2]
     x = preprocess_batch(preprocess, frames.reshape(n * t, *frames.shape[2:]))
     return TensorDataset(x.reshape(n, t, *x.shape[1:]), torch.as_tensor(np.asarray(labels), dtype=torch.long))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import register
+from .registry import register
 from .base import Method, option
 
 NOT_RANKED = ("head", "cls_token", "patch_embed", "pos_embed")
@@ -418,7 +418,7 @@ def prepare(method: str, model: nn.Module, data, **options) -> dict:
     """Make `model` (a timm ViT with the task's head) the registered `method`, in place; `options` are the
     method's config fields (budget, rank, seed, ...; those it does not have are ignored, None leaves the default).
     Returns what was done: the method, trainable count (head excluded), the allocation (SPT) and ranking seconds."""
-    from . import build_method, method_class
+    from .registry import build_method, method_class
     fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
     m = build_method(method, **{k: v for k, v in options.items() if k in fields and v is not None})
     m.apply(model, data)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from ..models.prompts import PromptContext
-from . import register
+from .registry import register
 from .base import option
 from .tta import TTAConfig, TTAMethod
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import register
+from .registry import register
 from .base import option
 
 
@@ -137,7 +137,7 @@ class TTAMethod(nn.Module):
     def run_stream(self, images, labels, batch_size: int, preprocess, show_progress: bool = False) -> dict:
         """Adapt online over one stream of uint8 images in order; accuracy (%) of the predict-then-adapt logits."""
         from ..eval import accuracy
-        from ..models.loader import preprocess_batch
+        from ..transforms import preprocess_batch
         from ..utils import progress
         preds = []
         device = next(self.model.parameters()).device
@@ -189,7 +189,7 @@ def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], cor
     from accelerate.utils import gather_object
 
     from ..utils import progress, seed_everything
-    from . import build_method
+    from .registry import build_method
 
     from ..finetune import distributed
     state = PartialState(cpu=not torch.cuda.is_available()) if distributed() else None   # gloo on a CPU launch

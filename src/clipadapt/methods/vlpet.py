@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from . import register
+from .registry import register
 from .base import Method, option
 
 GRANULARITIES = ("large", "middlex", "middley", "small")
@@ -368,7 +368,7 @@ REGISTRY_NAMES = {"full": "full-finetune", "prompt": "prompt-tuning", "vl-adapte
 
 def apply_method(model, method: str, cfg: VLPETConfig | None = None, base: BaselineConfig = BaselineConfig()):
     """The chapter's row `method` (a key of METHODS) on a `VLModel`, built through the registry; returns the model."""
-    from . import build_method
+    from .registry import build_method
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     name = REGISTRY_NAMES.get(method, method)

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
-import json
 import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..utils import cache_dir
+from .pretrain import tiny_checkpoint_path
+from .tiny import TINY_NAME, TINY_TAG, register_configs
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-TINY_NAME = "clipadapt-tiny"
-TINY_TAG = "microworld-v1"
 PAPER_DEFAULT = ("ViT-B-16", "openai")
-_registered = False
 
 
 class ModelError(ValueError):
@@ -54,31 +49,10 @@ class LoadedCLIP:
         return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
-def _register() -> None:
-    global _registered
-    if not _registered:
-        import open_clip
-        open_clip.add_model_config(CONFIG_DIR)
-        _registered = True
-
-
 def known_models() -> list[str]:
     import open_clip
-    _register()
+    register_configs()
     return list(open_clip.list_models())
-
-
-def tiny_config() -> dict:
-    return json.loads((CONFIG_DIR / f"{TINY_NAME}.json").read_text())
-
-
-def tiny_checkpoint_path() -> Path:
-    """Where the tiny CLIP's weights live: the cache, keyed by the model config and the pretraining recipe."""
-    from ..data.microworld import DATA_VERSION
-    from .pretrain import PretrainConfig
-    key = json.dumps([tiny_config(), DATA_VERSION, PretrainConfig().__dict__], sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir() / "tiny-clip" / f"{TINY_NAME}-{TINY_TAG}-{digest}.pt"
 
 
 def _offline() -> bool:
@@ -89,7 +63,7 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, *, cache: 
               device: str | torch.device = "cpu") -> LoadedCLIP:
     """Build open_clip model `name` with weights `pretrained`: a tag, a local file, or None (random init)."""
     import open_clip
-    _register()
+    register_configs()
     models = open_clip.list_models()
     if name not in models:
         close = difflib.get_close_matches(name, models, n=5, cutoff=0.5)
@@ -145,8 +119,3 @@ def load_backbone(profile: str, paper_model: tuple[str, str] = PAPER_DEFAULT, de
     if prof.name == "ci":
         return load_clip(TINY_NAME, TINY_TAG, device=dev)
     return load_clip(*paper_model, device=dev)
-
-
-def preprocess_batch(preprocess: Callable[[Image.Image], torch.Tensor], images: np.ndarray) -> torch.Tensor:
-    """Apply a model's own evaluation transform to a uint8 array batch (n x h x w x 3)."""
-    return torch.stack([preprocess(Image.fromarray(im)) for im in images])

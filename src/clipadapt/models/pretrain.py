@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils import progress, seed_everything
+from ..transforms import preprocess_batch
+from ..utils import cache_dir, progress, seed_everything
+from .tiny import TINY_NAME, TINY_TAG, register_configs, tiny_config
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,16 @@ class PretrainConfig:
     eval_size: int = 500
 
 
+def tiny_checkpoint_path() -> Path:
+    """Where the tiny CLIP's weights live: the cache, keyed by the model config, the data version and this recipe."""
+    import hashlib
+
+    from ..data.microworld import DATA_VERSION
+    key = json.dumps([tiny_config(), DATA_VERSION, PretrainConfig().__dict__], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "tiny-clip" / f"{TINY_NAME}-{TINY_TAG}-{digest}.pt"
+
+
 def _lr(step: int, total: int, cfg: PretrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -49,9 +61,8 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
 
     from ..data import microworld
     from ..eval import zero_shot_accuracy
-    from .loader import TINY_NAME, _register, preprocess_batch
 
-    _register()
+    register_configs()
     seed_everything(cfg.seed)
     name = model_name or TINY_NAME
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
@@ -129,7 +140,6 @@ def history_path(ckpt: Path) -> Path:
 
 def ensure_tiny_clip(show_progress: bool = True) -> Path:
     """Path of the cached tiny CLIP checkpoint, pretraining it first when it is missing."""
-    from .loader import tiny_checkpoint_path
     path = tiny_checkpoint_path()
     if not path.exists() or not history_path(path).exists():
         pretrain_tiny_clip(PretrainConfig(), path, show_progress=show_progress)

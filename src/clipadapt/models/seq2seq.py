@@ -209,7 +209,7 @@ def collate(examples, feats, tokenizer, with_targets: bool = True) -> dict:
 def clip_grid_features(clip_model, preprocess, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """The frozen CLIP image tower's patch tokens (n x grid x width): the ci analogue of the paper's CLIP grid
     features, extracted once and never trained."""
-    from .loader import preprocess_batch
+    from ..transforms import preprocess_batch
     visual = clip_model.visual
     old = visual.output_tokens
     visual.output_tokens = True
@@ -234,7 +234,7 @@ def _mask_words(ids: torch.Tensor, mask_id: int, p: float, gen: torch.Generator)
 def tiny_lm_dir(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig = LMPretrainConfig()) -> Path:
     from ..data.microworld import DATA_VERSION
     from ..data.vltasks import VL_DATA_VERSION
-    from .loader import tiny_checkpoint_path
+    from .pretrain import tiny_checkpoint_path
     key = json.dumps([asdict(cfg), asdict(pcfg), DATA_VERSION, VL_DATA_VERSION, tiny_checkpoint_path().name],
                      sort_keys=True)
     return cache_dir() / "tiny-vl-bart" / hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -245,7 +245,8 @@ def pretrain_tiny_lm(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig 
     """Pretrain the tiny BART (denoising + captioning from tiny-CLIP patch tokens); save it when `out_dir` given."""
     from ..data import shapes, vltasks
     from ..data.microworld import HELDOUT_SEED
-    from .loader import TINY_NAME, TINY_TAG, load_clip
+    from .loader import load_clip
+    from .tiny import TINY_NAME, TINY_TAG
     seed_everything(pcfg.seed)
     corpus = vltasks.language_corpus(pcfg.n_text_scenes, pcfg.seed + 101)
     images, scenes = shapes.make_shapes(pcfg.n_scenes, pcfg.seed + 202)

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .loader import TINY_NAME, TINY_TAG, load_clip, preprocess_batch
+from ..transforms import preprocess_batch
+from .loader import load_clip
+from .tiny import TINY_NAME, TINY_TAG
 
 PAPER_VIT = "vit_base_patch16_224.orig_in21k"   # the original Google ImageNet-21k ViT-B/16 (ViT-B_16.npz)
 
