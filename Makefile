@@ -11,7 +11,7 @@ FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: env system browser assets book test clean
+.PHONY: env system browser assets book test test-fast clean
 env: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -40,6 +40,10 @@ book: assets
 
 test: assets browser
 	$(PY) -m pytest
+
+# daily work: unit tests, the contract matrix and each chapter's claim at a small size (no notebooks, no book)
+test-fast: assets
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf _build results

@@ -254,8 +254,9 @@ def test_chapter_paper_branch_runs_on_stand_ins(tmp_path, monkeypatch):
     _fake_dfew(tmp_path, n_train=24, n_test=7, folds=(1, 2))
     torch.save(load_clip(TINY_NAME, None).model.state_dict(), tmp_path / "w.pt")
     monkeypatch.setenv("CLIPADAPT_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CLIPADAPT_RERUN", "1")   # the paper path runs on every test run, not from the cache
     book.run_notebook(book.ROOT / "notebooks" / "01_peclip.ipynb", profile="paper", out_dir=tmp_path / "out",
-                      epochs=1, frames=4, folds=[1, 2], prompt_depth=2, paper_model=[TINY_NAME, str(tmp_path / "w.pt")],
+                      epochs=1, frames=4, folds=[1, 2], prompt_depth=2, model=TINY_NAME, pretrained=str(tmp_path / "w.pt"),
                       data_root=str(tmp_path), num_workers=0)
     rec = load_record("01_peclip", "paper", tmp_path / "results")
     runs = rec["tables"]["runs"]

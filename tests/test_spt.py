@@ -334,10 +334,11 @@ def test_chapter_paper_branch_runs_on_stand_ins(tmp_path, monkeypatch):
     fgvc.write_splits("oxford_flowers", tmp_path)
     torch.save(timm.create_model("test_vit.r160_in1k", pretrained=False).state_dict(), tmp_path / "w.pth")
     monkeypatch.setenv("CLIPADAPT_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("CLIPADAPT_RERUN", "1")   # the paper path runs on every test run, not from the cache
     book.run_notebook(book.ROOT / "notebooks" / "05_spt.ipynb", profile="paper", out_dir=tmp_path / "out",
                       epochs=1, budget=[20_000, 40_000], vtab_tasks=["eurosat", "dsprites_loc"],
-                      fgvc_datasets=["oxford_flowers"], paper_model="test_vit.r160_in1k",
-                      paper_checkpoint=str(tmp_path / "w.pth"), data_root=str(tmp_path), num_workers=0)
+                      fgvc_datasets=["oxford_flowers"], model="test_vit.r160_in1k",
+                      checkpoint=str(tmp_path / "w.pth"), data_root=str(tmp_path), num_workers=0)
     rec = load_record("05_spt", "paper", tmp_path / "results")
     runs = rec["tables"]["runs"]
     assert {r["task"] for r in runs} == {"eurosat", "dsprites_loc", "oxford_flowers"}

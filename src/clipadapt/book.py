@@ -30,9 +30,12 @@ def notebooks(root: Path = ROOT) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_notebook(nb: Path, profile: str = "ci", out_dir: Path = SITE / "notebooks", timeout: int = 1800,
+def run_notebook(nb: Path, profile: str = "ci", out_dir: Path = SITE / "notebooks", timeout: int | None = None,
                  **parameters) -> Path:
-    """Execute one notebook with papermill (parameters: profile + extras) into `out_dir`; returns the output path."""
+    """Execute one notebook with papermill (parameters: profile + extras) into `out_dir`; returns the output path.
+
+    No time limit per cell by default: a chapter's runner is one cell, and it takes what the machine takes (a busy
+    2-core machine is several times slower); `timeout` (seconds per cell) sets one."""
     import papermill as pm
 
     from .profiles import get_profile

@@ -62,13 +62,23 @@ class RunRecord:
         self.tables.setdefault("reproduction", []).append(row)
         return row
 
-    def save(self, root: str | Path | None = None) -> Path:
-        """Write <root>/<notebook>.<profile>.json (wall time up to now) and return the path; root defaults to
-        $CLIPADAPT_RESULTS, else results/ (tests on stand-in data write elsewhere)."""
-        self.wall_time_s = round(time.time() - self.started, 2)
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, ensure_ascii=False, default=_jsonable)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
+        """The record a `to_json` wrote (a key it does not know is an error)."""
+        return cls(**d)
+
+    def save(self, root: str | Path | None = None, keep_wall_time: bool = False) -> Path:
+        """Write <root>/<notebook>.<profile>.json and return the path; root defaults to $CLIPADAPT_RESULTS, else
+        results/ (tests on stand-in data write elsewhere). The wall time is the time up to now, unless
+        `keep_wall_time` (a chapter runner's record already holds the time its run took)."""
+        if not (keep_wall_time and self.wall_time_s is not None):
+            self.wall_time_s = round(time.time() - self.started, 2)
         root = root if root is not None else os.environ.get("CLIPADAPT_RESULTS", "results")
         path = Path(root) / f"{self.notebook}.{self.profile}.json"
-        text = json.dumps(asdict(self), indent=2, ensure_ascii=False, default=_jsonable)
+        text = self.to_json()
         atomic_write(path, lambda p: p.write_text(text))
         return path
 

@@ -32,6 +32,9 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's file is private; the result is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
