@@ -1,7 +1,7 @@
 """Small training runs for tests/test_accelerate.py, by plain python or under a distributed launcher.
 
     python tests/ddp_fit_script.py fit OUT.json [BATCH GRAD_ACCUM]    # clipadapt.finetune.fit_classifier
-    python tests/ddp_fit_script.py vl OUT.json                        # clipadapt.methods.vlpet.train_vl
+    python tests/ddp_fit_script.py vl OUT.json                        # clipadapt.vltrain.train_vl
     python tests/ddp_fit_script.py tta OUT.json DATA_ROOT             # clipadapt.methods.tta.corruption_benchmark
     accelerate launch --multi_gpu --num_processes 2 tests/ddp_fit_script.py fit OUT.json
 """
@@ -47,11 +47,12 @@ elif mode == "tta":   # fake CIFAR-10-C under DATA_ROOT (tests/test_accelerate.p
 else:
     from test_vlpet import small_vl
 
+    from clipadapt import vltrain
     from clipadapt.methods import vlpet
     model0, split, feats = small_vl()
     torch.manual_seed(3)
     model = vlpet.apply_method(copy.deepcopy(model0), "vl-pet-large")
-    result = {"losses": vlpet.train_vl(model, split, feats, vlpet.TrainConfig(epochs=8, batch_size=8, lr=3e-2), seed=3)}
+    result = {"losses": vltrain.train_vl(model, split, feats, vltrain.TrainConfig(epochs=8, batch_size=8, lr=3e-2), seed=3)}
 state = PartialState()
 if state.is_main_process:
     result.update(processes=state.num_processes,

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import TensorDataset
 
+from clipadapt.chapters import spt as spt_chapter
 from clipadapt.methods import build_method, spt
 
 DIM, DEPTH = 32, 2
@@ -193,13 +194,13 @@ def test_every_method_prepares_and_the_suite_runs_with_vtab_means():
     assert abs(default["allocation"].params - lora) <= 0.05 * lora, (default["allocation"].params, lora)
     tasks = [task("t1", "natural"), task("t2", "structured")]
     methods = {"SPT": {"method": "spt-lora", "budget": 2_000, "rank": 4}, "linear": {"method": "linear-probe", "seeds": [0]}}
-    df, allocs = spt.suite_benchmark(load, tasks, methods, seeds=(0, 1), fit_cfg=FitConfig(epochs=2, warmup_epochs=1),
+    df, allocs = spt_chapter.suite_benchmark(load, tasks, methods, seeds=(0, 1), fit_cfg=FitConfig(epochs=2, warmup_epochs=1),
                                      show_progress=False)
     assert len(df) == 2 * 2 + 2 and set(allocs) == {(t, "SPT", s) for t in ("t1", "t2") for s in (0, 1)}
-    vm = spt.vtab_mean(df)
+    vm = spt_chapter.vtab_mean(df)
     row = df[(df.method == "SPT") & (df.seed == 0)]
     assert vm[("SPT", 0)] == pytest.approx(row.best.mean())   # one task per group: mean of groups = mean of tasks
-    spent, structured = spt.allocation_grid(allocs[("t1", "SPT", 0)], DEPTH)
+    spent, structured = spt_chapter.allocation_grid(allocs[("t1", "SPT", 0)], DEPTH)
     a = allocs[("t1", "SPT", 0)]
     outside = 32 + sum(a.cost[v] for v in a.vectors if not v.startswith("blocks."))   # class token, final norm
     assert int(spent.values.sum()) == a.params - outside and structured.values.sum() == len(a.structured)
@@ -262,7 +263,6 @@ def test_lazy_files_and_in_memory_images_train_identically_with_the_official_eva
 
 
 def test_a_list_of_budgets_is_chosen_on_val200_then_trained_on_train_plus_val(monkeypatch):
-    import clipadapt.finetune as ft
     from clipadapt.data.vtab import Task
     from clipadapt.models.vit import LoadedViT
     from timm.data import create_transform
@@ -274,9 +274,9 @@ def test_a_list_of_budgets_is_chosen_on_val200_then_trained_on_train_plus_val(mo
     def fake_fit(model, train, test, cfg):   # val score grows with the trainable count: the largest budget wins
         calls.append((len(train), len(test), spt.backbone_trainable(model)))
         return {"best": float(calls[-1][2]), "last": 0.0, "s_per_step": 0.0, "s_per_epoch": 0.0, "peak_mem_mb": 0.0}
-    monkeypatch.setattr(ft, "fit_classifier", fake_fit)
+    monkeypatch.setattr(spt_chapter, "fit_classifier", fake_fit)
     load = lambda n: LoadedViT(_vit(num_classes=n), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "test")
-    df, _ = spt.suite_benchmark(load, [task], {"SPT": {"method": "spt-lora", "budget": [1_000, 3_000], "rank": 4}},
+    df, _ = spt_chapter.suite_benchmark(load, [task], {"SPT": {"method": "spt-lora", "budget": [1_000, 3_000], "rank": 4}},
                                 show_progress=False)
     assert [c[:2] for c in calls] == [(16, 4), (16, 4), (20, 10)]   # two candidates on train800/val200, then the test
     assert df.budget.tolist() == [3_000] and abs(calls[-1][2] - 3_000) < 0.05 * 3_000   # re-ranked on train+val

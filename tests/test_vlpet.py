@@ -6,7 +6,9 @@ import copy
 import pytest
 import torch
 
+from clipadapt import vltrain
 from clipadapt.bench import count_parameters
+from clipadapt.chapters import vlpet as vlpet_chapter
 from clipadapt.data import shapes, vltasks
 from clipadapt.methods import vlpet
 from clipadapt.models import seq2seq
@@ -105,8 +107,8 @@ def test_trainable_shares_on_the_real_architectures_match_table_2(name):
         base = seq2seq.VLModel(cls(seq2seq.paper_lm_config(name)), None, 2048)
     # Table 2's BART-base rows, Table 9's VL-Adapter + G, and the T5-base rows run in the paper's own set-up (its other
     # T5 baselines are copied from LST, whose adapter and LoRA sizes differ)
-    rows = {m: v[0] for (lm, m), v in vlpet.PUBLISHED.items() if lm == name and (lm == "bart-base" or
-                                                                                  (lm, m) in vlpet.SAME_SETUP)}
+    rows = {m: v[0] for (lm, m), v in vlpet_chapter.PUBLISHED.items() if lm == name and (lm == "bart-base" or
+                                                                                  (lm, m) in vlpet_chapter.SAME_SETUP)}
     assert len(rows) == (10 if name == "bart-base" else 5)
     for method, pct in rows.items():
         model = vlpet.apply_method(copy.deepcopy(base), method)
@@ -147,16 +149,16 @@ def test_unknown_method_names_the_known_ones_and_too_long_inputs_say_what_to_sho
 
 def test_training_is_seeded_and_the_loss_falls(small):
     model0, split, feats = small
-    cfg = vlpet.TrainConfig(epochs=8, batch_size=8, lr=3e-2)
+    cfg = vltrain.TrainConfig(epochs=8, batch_size=8, lr=3e-2)
     runs = []
     for _ in range(2):
         torch.manual_seed(3)   # the new modules' initialisation is part of a run
         m = vlpet.apply_method(copy.deepcopy(model0), "vl-pet-large")
-        runs.append(vlpet.train_vl(m, split, feats, cfg, seed=3))
+        runs.append(vltrain.train_vl(m, split, feats, cfg, seed=3))
     assert runs[0] == runs[1]
     k = len(runs[0]) // 3
     assert sum(runs[0][-k:]) / k < 0.8 * sum(runs[0][:k]) / k
-    scores = vlpet.evaluate_vl(m, split, feats, vlpet.TrainConfig(num_beams=2, max_new_tokens=8))
+    scores = vltrain.evaluate_vl(m, split, feats, vltrain.TrainConfig(num_beams=2, max_new_tokens=8))
     assert set(scores) >= {"vqa", "gqa", "nlvr", "caption", "average", "pred"}
     assert all(len(scores["pred"][t]) == len(split.of_task(t)) for t in vltasks.TASKS)
     assert set(scores["pred"]["nlvr"]) <= {"true", "false"}
@@ -334,9 +336,9 @@ def test_vladapter_subsets_are_seeded_and_missing_data_names_the_prepare_command
 
 def test_vqa_answers_score_the_soft_label_of_the_answer():
     e = vltasks.VLExample("vqa", (0,), "q", "red", ("red", "orange"), (1.0, 0.6))
-    assert [vlpet.answer_score(p, e) for p in ("Red", "orange", "blue")] == [1.0, 0.6, 0.0]
+    assert [vltrain.answer_score(p, e) for p in ("Red", "orange", "blue")] == [1.0, 0.6, 0.0]
     plain = vltasks.VLExample("gqa", (0,), "q", "left", ("left",))
-    assert (vlpet.answer_score("left", plain), vlpet.answer_score("right", plain)) == (1.0, 0.0)
+    assert (vltrain.answer_score("left", plain), vltrain.answer_score("right", plain)) == (1.0, 0.0)
 
 
 def test_paper_code_path_trains_and_scores_a_saved_checkpoint_on_the_restored_layout(small, fake_vladapter, tmp_path):
@@ -352,8 +354,8 @@ def test_paper_code_path_trains_and_scores_a_saved_checkpoint_on_the_restored_la
         data[k], data[f"{k}_feats"] = vladapter.load_vladapter(k, root)
     vl = seq2seq.load_pretrained_vl(str(tmp_path / "lm"), feat_dim=2048)
     assert vl.visual.feat[0].in_features == 2048
-    cfg = vlpet.TrainConfig(epochs=2, batch_size=4, num_beams=2, max_new_tokens=4)
-    runs = vlpet.compare(lambda: copy.deepcopy(vl), data, ["vl-pet-large", "bitfit"], (0,), cfg,
+    cfg = vltrain.TrainConfig(epochs=2, batch_size=4, num_beams=2, max_new_tokens=4)
+    runs = vltrain.compare(lambda: copy.deepcopy(vl), data, ["vl-pet-large", "bitfit"], (0,), cfg,
                          show_progress=False)
     assert list(runs.method) == ["vl-pet-large", "bitfit"]
     for _, r in runs.iterrows():

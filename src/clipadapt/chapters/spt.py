@@ -6,15 +6,17 @@ where the budget goes, accuracy against trainable parameters, cost, and the publ
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..data import fgvc, vtab
-from ..finetune import FitConfig
+from ..finetune import FitConfig, fit_classifier
 from ..methods import spt
 from ..models.vit import PAPER_VIT, load_vit
+from ..utils import progress, seed_everything
 from . import core
 
 NAME = "05_spt"
@@ -93,6 +95,89 @@ def methods(s: Setup) -> dict[str, dict]:
     return {**claim, **{k: {**v, "seeds": [s.seed]} for k, v in extras.items()}}
 
 
+def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit_cfg=None, show_progress: bool = True):
+    """Fine-tune every method on every task and seed from a fresh backbone; a tidy DataFrame and the allocations.
+
+    `load_model(num_classes)` returns a `clipadapt.models.vit.LoadedViT`; `tasks` are `clipadapt.data.vtab.Task`s;
+    `methods` maps a row label to `{"method": one of spt.PEFT_METHODS, "budget": ..., "rank": ..., "seeds": [...]}`
+    ("seeds" optional: a subset of `seeds` for that row). A list of budgets is a hyper-parameter: as the SPT
+    authors do, each candidate trains on train800 and is scored on val200, and the best one (per task and seed)
+    trains on train800 + val200 for the test. Rows: task, group, method, seed, budget, trainable, best and last test
+    accuracy (%), seconds per step and per epoch, ranking seconds, peak training memory (MiB, GPU only).
+    """
+    fit_cfg = fit_cfg or FitConfig()
+    rows, allocations = [], {}
+    jobs = [(t, label, s) for t in tasks for label, spec in methods.items() for s in spec.get("seeds", seeds)]
+    data = {}
+    selecting = any(isinstance(spec.get("budget"), (list, tuple)) for spec in methods.values())
+
+    def fit_one(spec, budget, seed, train, test):
+        seed_everything(seed)
+        model = load_model(data["k"]).model
+        info = spt.prepare(spec["method"], model, train, budget=budget, seed=seed,
+                       **{k: v for k, v in spec.items() if k not in ("method", "budget", "seeds")})
+        return info, fit_classifier(model, train, test, dataclasses.replace(fit_cfg, seed=seed))
+
+    for task, label, seed in progress(jobs, desc="fine-tuning runs", disable=not show_progress):
+        if data.get("task") != task.name:   # images of one task are prepared once for all its runs
+            lv = load_model(len(task.classes))
+            data = {"task": task.name, "k": len(task.classes),
+                    "trainval": lv.dataset(task.x_trainval, task.y_trainval), "test": lv.dataset(task.x_test, task.y_test)}
+            if selecting:
+                data.update(train=lv.dataset(task.x_train, task.y_train), val=lv.dataset(task.x_val, task.y_val))
+        spec = methods[label]
+        budgets = spec.get("budget")
+        if isinstance(budgets, (list, tuple)):   # choose the budget on val200
+            val = {b: fit_one(spec, b, seed, data["train"], data["val"])[1]["best"] for b in budgets}
+            budget = max(val, key=val.get)
+        else:
+            budget = budgets
+        info, r = fit_one(spec, budget, seed, data["trainval"], data["test"])
+        if info["allocation"] is not None:
+            allocations[(task.name, label, seed)] = info["allocation"]
+        rows.append({"task": task.name, "group": task.group, "method": label, "seed": seed, "budget": budget,
+                     "trainable": info["trainable"], "best": r["best"], "last": r["last"],
+                     "s_per_step": r["s_per_step"], "s_per_epoch": r["s_per_epoch"], "ranking_s": info["ranking_s"],
+                     "peak_mem_mb": r["peak_mem_mb"]})
+    return pd.DataFrame(rows), allocations
+
+
+def vtab_mean(df, value: str = "best"):
+    """VTAB's mean: the mean over groups of the mean over each group's tasks (per method and seed)."""
+    g = df.groupby(["method", "seed", "group"])[value].mean().groupby(["method", "seed"]).mean()
+    return g.rename(f"vtab_mean_{value}")
+
+
+def allocation_grid(alloc: spt.Allocation, depth: int):
+    """Where a budget went, per block: parameters spent on qkv, proj, fc1, fc2 (structured module or sparse
+    entries) and on fully tuned vectors; and which cells got a structured module."""
+    cols = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "vectors"]
+    index = [f"block {i}" for i in range(depth)]
+    spent = pd.DataFrame(0, index=index, columns=cols)
+    structured = pd.DataFrame(False, index=index, columns=cols)
+
+    def cell(name):
+        parts = name.split(".")
+        if parts[0] != "blocks":
+            return None, None
+        col = ".".join(parts[2:4]) if ".".join(parts[2:4]) in cols else "vectors"
+        return f"block {parts[1]}", col
+
+    for m in alloc.structured:
+        r, c = cell(m)
+        spent.loc[r, c] += alloc.cost[m]
+        structured.loc[r, c] = True
+    for name, idx in alloc.sparse.items():
+        r, c = cell(name)
+        if r is not None:
+            spent.loc[r, c] += len(idx)
+    for v in alloc.vectors:
+        r, _ = cell(v)
+        if r is not None:
+            spent.loc[r, "vectors"] += alloc.cost[v]
+    return spent, structured
+
+
 def compute(s: Setup, r: core.Result) -> None:
     ts = tasks(s)
     r.add_table("tasks", pd.DataFrame([{"group": t.group, "task": t.name, "classes": len(t.classes),
@@ -102,13 +187,13 @@ def compute(s: Setup, r: core.Result) -> None:
     load = lambda n_classes: load_vit(s.profile, n_classes, s.model, checkpoint=s.checkpoint)   # noqa: E731
     fit = FitConfig(epochs=s.epochs, lr=s.lr, warmup_epochs=s.warmup_epochs, num_workers=s.num_workers)
     ms = methods(s)
-    res, allocations = spt.suite_benchmark(load, ts, ms, seeds, fit)
+    res, allocations = suite_benchmark(load, ts, ms, seeds, fit)
     r.add_table("runs", res, index=False)
 
     # the comparison: per task, per group, the VTAB mean and its spread
     on_vtab = res[res.group.isin(list(vtab.GROUPS))]   # FGVC (paper) has its own mean
     per_task = res.groupby(["method", "task"])["best"].mean().unstack()[[t.name for t in ts]].loc[list(ms)]
-    vm = spt.vtab_mean(on_vtab)
+    vm = vtab_mean(on_vtab)
     summary = pd.DataFrame({
         "trainable (backbone)": on_vtab.groupby("method")["trainable"].mean(),
         **{g: on_vtab[on_vtab.group == g].groupby(["method", "seed"])["best"].mean().groupby("method").mean()
@@ -151,7 +236,7 @@ def compute(s: Setup, r: core.Result) -> None:
     depth = len(load(2).model.blocks)
     grids = []
     for t in ts:
-        spent, structured = spt.allocation_grid(allocations[(t.name, "SPT-LoRA", s.seed)], depth)
+        spent, structured = allocation_grid(allocations[(t.name, "SPT-LoRA", s.seed)], depth)
         grid = spent.stack().rename("spent").to_frame().join(structured.stack().rename("structured"))
         grids.append(grid.rename_axis(["block", "matrix"]).reset_index().assign(task=t.name))
     r.add_table("allocation", pd.concat(grids), index=False)

@@ -22,7 +22,6 @@ VL-Adapter adapter made gated and lightweight (single-head down-projection, larg
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -35,36 +34,6 @@ from .base import Method, option
 GRANULARITIES = ("large", "middlex", "middley", "small")
 METHODS = ("full", "vl-adapter", "lora", "bitfit", "prompt") + tuple(f"vl-pet-{g}" for g in GRANULARITIES) + (
     "vl-adapter+g-large",)
-
-# The paper's Table 2 (image-text, mean of 3 seeds; VQA / GQA / NLVR2 accuracy %, COCO Karpathy-test CIDEr, their
-# average), read from the official repository's images/result.png; BART-base baselines re-run by the authors, T5-base
-# baselines copied from LST. Table 9 (images/apply.png) gives "VL-Adapter + G_large + LW": 4.16%, average 78.47.
-PUBLISHED = {
-    ("bart-base", "full"): (100, 66.88, 56.79, 73.66, 112.01, 77.33),
-    ("bart-base", "bitfit"): (1.21, 52.94, 43.15, 52.29, 111.44, 64.96),
-    ("bart-base", "prompt"): (2.00, 44.12, 36.37, 51.34, 105.02, 59.21),
-    ("bart-base", "lora"): (5.93, 65.15, 53.66, 72.58, 115.01, 76.60),
-    ("bart-base", "vl-adapter"): (4.18, 65.76, 54.16, 73.19, 114.61, 76.93),
-    ("bart-base", "vl-pet-small"): (2.98, 65.43, 54.03, 72.43, 120.68, 78.14),
-    ("bart-base", "vl-pet-middlex"): (2.98, 65.54, 54.53, 72.66, 120.72, 78.37),
-    ("bart-base", "vl-pet-middley"): (2.98, 65.36, 53.83, 73.43, 120.31, 78.23),
-    ("bart-base", "vl-pet-large"): (4.16, 66.17, 55.11, 73.43, 122.03, 79.18),
-    ("bart-base", "vl-adapter+g-large"): (4.16, None, None, None, None, 78.47),
-    ("t5-base", "full"): (100, 67.10, 56.30, 74.30, 112.20, 77.50),
-    ("t5-base", "bitfit"): (0.83, 55.10, 45.50, 51.70, 101.20, 63.40),
-    ("t5-base", "prompt"): (1.26, 47.40, 40.60, 51.00, 96.10, 58.80),
-    ("t5-base", "lora"): (7.54, 63.70, 53.30, 70.00, 110.30, 74.30),
-    ("t5-base", "vl-adapter"): (7.98, 67.10, 56.00, 72.70, 111.80, 76.90),
-    ("t5-base", "vl-pet-small"): (4.51, 65.88, 54.96, 72.64, 120.05, 78.38),
-    ("t5-base", "vl-pet-middlex"): (4.50, 66.63, 55.87, 74.11, 120.41, 79.26),
-    ("t5-base", "vl-pet-middley"): (4.50, 66.62, 55.87, 73.91, 120.26, 79.17),
-    ("t5-base", "vl-pet-large"): (7.31, 66.95, 56.06, 73.42, 121.66, 79.52),
-}
-PAPER_SEEDS = (42, 43, 9595)   # the official scripts' seeds
-PUBLISHED_COLUMNS = ("trainable %", "VQA", "GQA", "NLVR2", "COCO CIDEr", "average")
-SAME_SETUP = {("t5-base", m) for m in ("prompt",) + tuple(f"vl-pet-{g}" for g in ("large", "middlex", "middley",
-                                                                                    "small"))}
-
 
 @dataclass(frozen=True)
 class VLPETConfig:
@@ -425,172 +394,9 @@ class PromptTuning(VLMethod):
     family, key = "prompts", "prompt"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# multi-task training and evaluation
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The official image-text recipe (scripts/image-text/*.sh, src/param.py): AdamW (eps 1e-6, wd 0.01, none on
-    biases and LayerNorms), linear warm-up over 10% then linear decay, gradient clipping 5, 20 epochs, batch 500,
-    lr 1e-3 (full fine-tuning 1e-4; T5 3e-4); beam 5 for captions, greedy answers, NLVR by the likelier of
-    true / false."""
-    epochs: int = 20
-    batch_size: int = 500
-    lr: float = 1e-3
-    lr_full: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    clip_grad: float = 5.0
-    num_beams: int = 5
-    max_new_tokens: int = 20
-    eval_batch: int = 256
-    mixed_precision: str = "no"   # accelerate's "no", "fp16" or "bf16" (a GPU's autocast)
-    grad_accum: int = 1      # batches whose gradients add up before one optimiser step (batch 500 on a small GPU)
-
-
-def _optimizer(model, cfg: TrainConfig, lr: float):
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if (n.endswith("bias") or _is_layer_norm(n) or ".feat.1." in n) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, eps=1e-6)
-
-
-def task_batches(split, batch_size: int, gen: torch.Generator) -> list[list[int]]:
-    """One epoch of batches, each from a single task (as the official MultitaskLoader), in a shuffled order."""
-    from ..data.vltasks import TASKS
-    out = []
-    for task in TASKS:
-        idx = [i for i, e in enumerate(split.examples) if e.task == task]
-        perm = torch.randperm(len(idx), generator=gen).tolist()
-        out += [[idx[j] for j in perm[b:b + batch_size]] for b in range(0, len(idx), batch_size)]
-    return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
-
-
 def to_device(batch: dict, device) -> dict:
+    """A collated batch with its tensors on `device`."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def train_vl(model, split, feats, cfg: TrainConfig, seed: int = 0, show_progress: bool = False,
-             desc: str = "train", lr: float | None = None, device: str = "cpu") -> list[float]:
-    """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved) on `device`;
-    the loss per step. Through accelerate as `clipadapt.finetune.fit_classifier`: under a distributed launcher each
-    process takes its share of every batch (DDP), and `cfg` sets mixed precision and gradient accumulation."""
-    from transformers import get_linear_schedule_with_warmup
-
-    from ..finetune import accelerator
-    from ..models.seq2seq import collate
-    from ..utils import progress, seed_everything
-    seed_everything(seed)
-    opt = _optimizer(model, cfg, lr if lr is not None else cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
-    epochs = [task_batches(split, cfg.batch_size, gen) for _ in range(cfg.epochs)]
-    total = sum(len(e) for e in epochs)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total / cfg.grad_accum),
-                                            total // cfg.grad_accum)
-    acc = accelerator(device, cfg.mixed_precision, cfg.grad_accum)
-    train_model, opt = acc.prepare(model, opt) if acc.num_processes > 1 else (model, acc.prepare(opt))
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses = []
-    model.train()
-    opt.zero_grad(set_to_none=True)
-    bar = progress(total=total, desc=desc, disable=not show_progress, leave=False)
-    for epoch in epochs:
-        for idx in epoch:
-            batch = to_device(collate([split.examples[i] for i in idx[acc.process_index::acc.num_processes]], feats,
-                                      model.tokenizer), acc.device if acc.num_processes > 1 else device)
-            with acc.accumulate(train_model), acc.autocast():
-                loss = train_model(batch)
-                acc.backward(loss)
-                if acc.sync_gradients:   # the last batch of an accumulation group: clip, step, schedule
-                    acc.clip_grad_norm_(params, cfg.clip_grad)
-                opt.step()
-                if acc.sync_gradients:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-            losses.append(float(acc.reduce(loss.detach(), "mean")))
-            bar.update()
-    bar.close()
-    model.eval()
-    return losses
-
-
-def answer_score(pred: str, example) -> float:
-    """The score of a generated answer: the weight of the reference it matches after answer normalisation (VQA
-    v2's soft score, as the official `evaluate`: the label's score of the answer), 1 when the references carry no
-    weights, 0 when none matches."""
-    from ..eval import normalize_answer
-    weights = example.weights or (1.0,) * len(example.references)
-    p = normalize_answer(pred)
-    return max((w for r, w in zip(example.references, weights) if normalize_answer(r) == p), default=0.0)
-
-
-def evaluate_vl(model, split, feats, cfg: TrainConfig, device: str = "cpu") -> dict:
-    """Scores per task (VQA / GQA / NLVR accuracy %, caption CIDEr) and their average, with the predictions."""
-    from ..eval import cider
-    from ..models.seq2seq import collate
-    from ..data.vltasks import TASKS
-    model.eval()
-    out = {"pred": {}}
-    for task in TASKS:
-        ex = split.of_task(task)
-        pred = []
-        for i in range(0, len(ex), cfg.eval_batch):
-            chunk = ex[i:i + cfg.eval_batch]
-            batch = to_device(collate(chunk, feats, model.tokenizer, with_targets=False), device)
-            if task == "nlvr":
-                pred += [("true", "false")[k] for k in model.choose(batch, ["true", "false"])]
-            else:
-                beams = cfg.num_beams if task == "caption" else 1
-                pred += model.generate(batch, num_beams=beams, max_new_tokens=cfg.max_new_tokens)
-        out["pred"][task] = pred
-        if task == "caption":
-            out[task] = cider(pred, [e.references for e in ex])
-        else:
-            out[task] = 100.0 * sum(answer_score(p, e) for p, e in zip(pred, ex)) / max(len(ex), 1)
-    out["average"] = sum(out[t] for t in TASKS) / len(TASKS)
-    return out
-
-
-def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainConfig | None = None,
-            seeds_for: dict[str, tuple] | None = None, show_progress: bool = True, keep=(),
-            baseline: BaselineConfig = BaselineConfig(), device: str = "cpu"):
-    """Train every method from a fresh copy of the pretrained model (`load_model()` returns a `VLModel`) on
-    data["train"] and score it on data["test"] (each a `VLSplit`, with features in data["train_feats"] /
-    data["test_feats"]). `baseline` sizes the baselines. `seeds_for` gives some methods other seeds (e.g. one seed for the rows no claim compares).
-    Rows: method, seed, the four task scores and their average, trainable parameters and share, training memory of
-    one step (MiB), seconds per step, the loss curve and the predictions; for methods in `keep`, the trained model
-    of the first seed."""
-    import pandas as pd
-
-    from ..bench import count_parameters, training_memory
-    from ..models.seq2seq import collate
-    from ..utils import progress, seed_everything
-    cfg = cfg or TrainConfig()
-    seeds_for = seeds_for or {}
-    jobs = [(m, s) for m in methods for s in seeds_for.get(m, seeds)]
-    rows = []
-    for method, seed in progress(jobs, desc="VL-PET comparison", disable=not show_progress):
-        seed_everything(seed)
-        model = apply_method(load_model(), method, base=baseline).to(device)
-        pc = count_parameters(model)
-        ex = data["train"].of_task("vqa")[:cfg.batch_size]
-        model.train()
-        mem = training_memory(model, lambda: model(to_device(collate(ex, data["train_feats"], model.tokenizer),
-                                                             device)))
-        t0 = time.perf_counter()
-        losses = train_vl(model, data["train"], data["train_feats"], cfg, seed=seed,
-                          lr=cfg.lr_full if method == "full" else cfg.lr, device=device)
-        train_s = time.perf_counter() - t0
-        scores = evaluate_vl(model, data["test"], data["test_feats"], cfg, device=device)
-        row = {"method": method, "seed": seed, **{k: v for k, v in scores.items() if k != "pred"},
-               "trainable": pc.trainable, "trainable_pct": 100 * pc.fraction, "memory_mb": mem["total_mb"],
-               "s_per_step": train_s / len(losses), "loss": losses, "pred": scores["pred"]}
-        if method in keep and seed == seeds_for.get(method, seeds)[0]:
-            row["model"] = model
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 @torch.no_grad()

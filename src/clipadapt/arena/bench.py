@@ -1,0 +1,133 @@
+"""The arena's benchmark: the ratios the papers' efficiency claims rest on, measured in one run
+(`python -m clipadapt.arena bench`)."""
+from __future__ import annotations
+
+from ..methods import build_method
+from .core import ARENA, FULL, ArenaConfig, Context, _dataset, _vit, build, get_method, step_memory_mb
+
+
+RATIO_NEEDS = {   # ratio -> arena methods it needs (test-time methods come from clipadapt.methods' registry)
+    "BATCLIP s per batch / zero-shot s per batch": ("zero-shot",),
+    "TPT s per image / BATCLIP s per image": ("zero-shot",),
+    "SPT sensitivity pass s / one training epoch s": ("SPT-LoRA",),
+    "training memory / full fine-tuning of the same backbone": ("full fine-tuning", "full fine-tuning (CLIP)"),
+}
+
+
+def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: int = 5, seed: int = 0,
+              cfg: ArenaConfig | None = None, show_progress: bool = True) -> dict:
+    """Measure, in this one process, what the efficiency claims compare; returns {"ratios": rows, "raw": timings}.
+
+    - test time, on one batch of the task's test images (the BATCLIP chapter's ci batch of 50): BATCLIP's adapting
+      forward pass against zero-shot inference, and TPT's per-image cost (64 views, one step) against BATCLIP's
+      per-image share of its batch;
+    - SPT's sensitivity pass (16 batches of 32, as the official default) against one epoch of fine-tuning on the
+      task's 1,000 training images (train800 + val200, batch 64, as SPT trains);
+    - every method's memory of one training step against full fine-tuning of the same backbone (the image tower
+      with a linear head, or CLIP's two towers with the text head), and its trainable parameters against its total.
+    Every timing is the median of `repeats` after one warm-up; the raw values are returned too.
+    """
+    from ..bench import count_parameters, time_per_step
+    from ..data import vtab
+    from ..finetune import FitConfig, fit_classifier
+    from ..methods import spt as spt_mod
+    from ..models.loader import load_backbone
+    from ..profiles import get_profile
+    from ..utils import progress, seed_everything
+    cfg = cfg or ArenaConfig()
+    dev = get_profile(profile).device
+    methods = [get_method(m).name for m in methods] if methods is not None else list(ARENA)
+    for ratio, needs in RATIO_NEEDS.items():
+        for need in needs:
+            if need not in methods:
+                raise ValueError(f"the ratio '{ratio}' needs the arena method {need!r}, which is not among the chosen "
+                                 f"methods ({', '.join(methods)}); add it (known: {', '.join(ARENA)})")
+    seed_everything(seed)
+    t = vtab.load_task(task, n_test=200, seed=seed)
+    clip = load_backbone(profile)
+    test = _dataset(clip, t.x_test, t.y_test)
+    trainval = _dataset(clip, t.x_trainval, t.y_trainval)
+    raw, rows = {}, []
+
+    def timed(name, fn):
+        seed_everything(seed)
+        r = time_per_step(fn, warmup=1, repeats=repeats, device=dev)
+        raw[name] = r
+        return r["s_per_step"]
+
+    # test time
+    batch = test.tensors[0][:50].to(dev)
+    tta = {}
+    for name, kw in (("source", {}), ("batclip", {"lr": 5e-3}), ("tpt", {})):
+        bb = load_backbone(profile)
+        tta[name] = build_method(name, bb.model, bb.tokenizer, t.classes, **kw)
+    zs = timed("zero-shot s per batch", lambda: tta["source"](batch))
+    bc = timed("BATCLIP s per batch", lambda: tta["batclip"](batch))
+    tpt = timed("TPT s per image", lambda: tta["tpt"](batch[:1]))
+    rows.append({"ratio": "BATCLIP s per batch / zero-shot s per batch", "value": bc / zs,
+                 "detail": f"batch of {len(batch)}: {bc:.3f} s vs {zs:.3f} s"})
+    rows.append({"ratio": "TPT s per image / BATCLIP s per image", "value": tpt / (bc / len(batch)),
+                 "detail": f"{tpt:.3f} s vs {bc / len(batch):.4f} s"})
+    # SPT: the sensitivity pass against an epoch
+    vit = _vit(Context(load_backbone(profile), tuple(t.classes), trainval, cfg)).to(dev)
+    sens = timed("SPT sensitivity pass s", lambda: spt_mod.sensitivity(vit, trainval, 32, 16))
+    epoch = fit_classifier(spt_mod.full_finetune(vit), trainval, test, FitConfig(epochs=1, batch_size=64,
+                           warmup_epochs=0, eval_every=1, eval_last=1, seed=seed))["s_per_epoch"]
+    raw["one training epoch s (full fine-tuning)"] = {"s_per_step": epoch}
+    rows.append({"ratio": "SPT sensitivity pass s / one training epoch s", "value": sens / epoch,
+                 "detail": f"16 batches of 32: {sens:.2f} s; an epoch of {len(trainval)} images: {epoch:.2f} s"})
+    # memory and parameters of every method
+    mem, params = {}, {}
+    for m in progress(methods, desc="arena methods", disable=not show_progress):
+        seed_everything(seed)
+        built = build(get_method(m), Context(load_backbone(profile), tuple(t.classes), trainval, cfg))
+        built.model.to(dev)
+        params[m] = count_parameters(built.model)
+        if built.fit is not None:   # frozen embeddings: what its own training holds and trains
+            r = built.fit(trainval, test, seed)
+            params[m] = type(params[m])(r["trainable"], params[m].total + r["trainable"])
+            mem[m] = r["train_mb"]
+        else:
+            mem[m] = step_memory_mb(built.model, trainval, cfg.fit.batch_size) if params[m].trainable else 0.0
+        raw[f"{m}: training memory MiB"] = mem[m]
+    for m in methods:
+        ref = FULL[ARENA[m].backbone]
+        if params[m].trainable and m != ref:
+            rows.append({"ratio": f"training memory / {ref}: {m}", "value": mem[m] / mem[ref],
+                         "detail": f"{mem[m]:.1f} MiB vs {mem[ref]:.1f} MiB"})
+    for m in methods:
+        rows.append({"ratio": f"trainable / total parameters: {m}", "value": params[m].fraction,
+                     "detail": f"{params[m].trainable:,} of {params[m].total:,}"})
+    return {"ratios": rows, "raw": raw, "profile": profile, "task": task, "repeats": repeats}
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ..profiles import activate
+    p = argparse.ArgumentParser(prog="python -m clipadapt.arena", description="The arena's benchmark: efficiency "
+                                "ratios measured in one run, printed and saved with the raw timings.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="measure and print the ratios")
+    b.add_argument("--profile", default="ci")
+    b.add_argument("--methods", nargs="+", default=None, help=f"arena methods (default all: {', '.join(ARENA)})")
+    b.add_argument("--task", default="digits")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--out", default="results/arena-bench.json", help="where the raw timings and ratios are saved")
+    a = p.parse_args(argv)
+    activate(a.profile)
+    try:
+        res = benchmark(a.methods, a.profile, a.task, a.repeats)
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        print(pd.DataFrame(res["ratios"]).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"raw timings: {out}")
+    return 0

@@ -1,0 +1,167 @@
+"""Training and evaluating an encoder-decoder vision-language model on the four tasks, as VL-PET's official
+image-text scripts do (multi-task batches of one task each, AdamW with linear warm-up and decay, clipping; greedy
+answers, beam-searched captions scored by CIDEr), and the comparison of methods the VL-PET chapter runs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from .bench import count_parameters, training_memory
+from .data.vltasks import TASKS
+from .eval import cider, normalize_answer
+from .finetune import accelerator
+from .methods.vlpet import METHODS, BaselineConfig, _is_layer_norm, apply_method, to_device
+from .models.seq2seq import collate
+from .utils import progress, seed_everything
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The official image-text recipe (scripts/image-text/*.sh, src/param.py): AdamW (eps 1e-6, wd 0.01, none on
+    biases and LayerNorms), linear warm-up over 10% then linear decay, gradient clipping 5, 20 epochs, batch 500,
+    lr 1e-3 (full fine-tuning 1e-4; T5 3e-4); beam 5 for captions, greedy answers, NLVR by the likelier of
+    true / false."""
+    epochs: int = 20
+    batch_size: int = 500
+    lr: float = 1e-3
+    lr_full: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    clip_grad: float = 5.0
+    num_beams: int = 5
+    max_new_tokens: int = 20
+    eval_batch: int = 256
+    mixed_precision: str = "no"   # accelerate's "no", "fp16" or "bf16" (a GPU's autocast)
+    grad_accum: int = 1      # batches whose gradients add up before one optimiser step (batch 500 on a small GPU)
+
+
+def _optimizer(model, cfg: TrainConfig, lr: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if (n.endswith("bias") or _is_layer_norm(n) or ".feat.1." in n) else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, eps=1e-6)
+
+
+def task_batches(split, batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """One epoch of batches, each from a single task (as the official MultitaskLoader), in a shuffled order."""
+    out = []
+    for task in TASKS:
+        idx = [i for i, e in enumerate(split.examples) if e.task == task]
+        perm = torch.randperm(len(idx), generator=gen).tolist()
+        out += [[idx[j] for j in perm[b:b + batch_size]] for b in range(0, len(idx), batch_size)]
+    return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
+
+
+def train_vl(model, split, feats, cfg: TrainConfig, seed: int = 0, show_progress: bool = False,
+             desc: str = "train", lr: float | None = None, device: str = "cpu") -> list[float]:
+    """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved) on `device`;
+    the loss per step. Through accelerate as `clipadapt.finetune.fit_classifier`: under a distributed launcher each
+    process takes its share of every batch (DDP), and `cfg` sets mixed precision and gradient accumulation."""
+    from transformers import get_linear_schedule_with_warmup
+
+    seed_everything(seed)
+    opt = _optimizer(model, cfg, lr if lr is not None else cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    epochs = [task_batches(split, cfg.batch_size, gen) for _ in range(cfg.epochs)]
+    total = sum(len(e) for e in epochs)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total / cfg.grad_accum),
+                                            total // cfg.grad_accum)
+    acc = accelerator(device, cfg.mixed_precision, cfg.grad_accum)
+    train_model, opt = acc.prepare(model, opt) if acc.num_processes > 1 else (model, acc.prepare(opt))
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = []
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    bar = progress(total=total, desc=desc, disable=not show_progress, leave=False)
+    for epoch in epochs:
+        for idx in epoch:
+            batch = to_device(collate([split.examples[i] for i in idx[acc.process_index::acc.num_processes]], feats,
+                                      model.tokenizer), acc.device if acc.num_processes > 1 else device)
+            with acc.accumulate(train_model), acc.autocast():
+                loss = train_model(batch)
+                acc.backward(loss)
+                if acc.sync_gradients:   # the last batch of an accumulation group: clip, step, schedule
+                    acc.clip_grad_norm_(params, cfg.clip_grad)
+                opt.step()
+                if acc.sync_gradients:
+                    sched.step()
+                opt.zero_grad(set_to_none=True)
+            losses.append(float(acc.reduce(loss.detach(), "mean")))
+            bar.update()
+    bar.close()
+    model.eval()
+    return losses
+
+
+def answer_score(pred: str, example) -> float:
+    """The score of a generated answer: the weight of the reference it matches after answer normalisation (VQA
+    v2's soft score, as the official `evaluate`: the label's score of the answer), 1 when the references carry no
+    weights, 0 when none matches."""
+    weights = example.weights or (1.0,) * len(example.references)
+    p = normalize_answer(pred)
+    return max((w for r, w in zip(example.references, weights) if normalize_answer(r) == p), default=0.0)
+
+
+def evaluate_vl(model, split, feats, cfg: TrainConfig, device: str = "cpu") -> dict:
+    """Scores per task (VQA / GQA / NLVR accuracy %, caption CIDEr) and their average, with the predictions."""
+    model.eval()
+    out = {"pred": {}}
+    for task in TASKS:
+        ex = split.of_task(task)
+        pred = []
+        for i in range(0, len(ex), cfg.eval_batch):
+            chunk = ex[i:i + cfg.eval_batch]
+            batch = to_device(collate(chunk, feats, model.tokenizer, with_targets=False), device)
+            if task == "nlvr":
+                pred += [("true", "false")[k] for k in model.choose(batch, ["true", "false"])]
+            else:
+                beams = cfg.num_beams if task == "caption" else 1
+                pred += model.generate(batch, num_beams=beams, max_new_tokens=cfg.max_new_tokens)
+        out["pred"][task] = pred
+        if task == "caption":
+            out[task] = cider(pred, [e.references for e in ex])
+        else:
+            out[task] = 100.0 * sum(answer_score(p, e) for p, e in zip(pred, ex)) / max(len(ex), 1)
+    out["average"] = sum(out[t] for t in TASKS) / len(TASKS)
+    return out
+
+
+def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainConfig | None = None,
+            seeds_for: dict[str, tuple] | None = None, show_progress: bool = True, keep=(),
+            baseline: BaselineConfig = BaselineConfig(), device: str = "cpu"):
+    """Train every method from a fresh copy of the pretrained model (`load_model()` returns a `VLModel`) on
+    data["train"] and score it on data["test"] (each a `VLSplit`, with features in data["train_feats"] /
+    data["test_feats"]). `baseline` sizes the baselines. `seeds_for` gives some methods other seeds (e.g. one seed for the rows no claim compares).
+    Rows: method, seed, the four task scores and their average, trainable parameters and share, training memory of
+    one step (MiB), seconds per step, the loss curve and the predictions; for methods in `keep`, the trained model
+    of the first seed."""
+    cfg = cfg or TrainConfig()
+    seeds_for = seeds_for or {}
+    jobs = [(m, s) for m in methods for s in seeds_for.get(m, seeds)]
+    rows = []
+    for method, seed in progress(jobs, desc="VL-PET comparison", disable=not show_progress):
+        seed_everything(seed)
+        model = apply_method(load_model(), method, base=baseline).to(device)
+        pc = count_parameters(model)
+        ex = data["train"].of_task("vqa")[:cfg.batch_size]
+        model.train()
+        mem = training_memory(model, lambda: model(to_device(collate(ex, data["train_feats"], model.tokenizer),
+                                                             device)))
+        t0 = time.perf_counter()
+        losses = train_vl(model, data["train"], data["train_feats"], cfg, seed=seed,
+                          lr=cfg.lr_full if method == "full" else cfg.lr, device=device)
+        train_s = time.perf_counter() - t0
+        scores = evaluate_vl(model, data["test"], data["test_feats"], cfg, device=device)
+        row = {"method": method, "seed": seed, **{k: v for k, v in scores.items() if k != "pred"},
+               "trainable": pc.trainable, "trainable_pct": 100 * pc.fraction, "memory_mb": mem["total_mb"],
+               "s_per_step": train_s / len(losses), "loss": losses, "pred": scores["pred"]}
+        if method in keep and seed == seeds_for.get(method, seeds)[0]:
+            row["model"] = model
+        rows.append(row)
+    return pd.DataFrame(rows)
