@@ -21,7 +21,7 @@ from ..transforms import preprocess_batch
 from . import core
 
 NAME = "04_batclip"
-SOURCE = "arXiv 2412.02837v1, abstract (baseline not stated)"
+SOURCE = "arXiv 2412.02837v1, abstract, https://arxiv.org/abs/2412.02837 (baseline not stated)"
 
 
 @dataclass(frozen=True)

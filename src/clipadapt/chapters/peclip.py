@@ -26,8 +26,8 @@ from ..profiles import get_profile
 from . import core
 
 NAME = "01_peclip"
-README = "SAADI-Ibtissam/PE-CLIP README"
-DFER_CLIP = "zengqunzhao/DFER-CLIP img/performance.png"
+README = "the authors' README, https://github.com/SAADI-Ibtissam/PE-CLIP"
+DFER_CLIP = "the authors' img/performance.png, https://github.com/zengqunzhao/DFER-CLIP"
 PUBLISHED = pd.DataFrame([   # UAR / WAR (%), CLIP ViT-B/16
     {"method": "PE-CLIP", "dataset": "dfew", "UAR": 62.82, "WAR": 74.04, "source": README},
     {"method": "PE-CLIP", "dataset": "ferv39k", "UAR": 41.57, "WAR": 51.26, "source": README},

@@ -244,7 +244,8 @@ def compute(s: Setup, r: core.Result) -> None:
             pub[f"reproduced {c}"] = ours[c].reindex(pub.index)
     else:
         pub["reproduced average"] = "not run on this profile"
-    source = "VL-PET (ICCV 2023) Table 2" + (" and Table 9" if lm == "bart-base" else "")
+    source = ("VL-PET (ICCV 2023) Table 2" + (" and Table 9" if lm == "bart-base" else "")
+              + ", the authors' images/result.png, https://github.com/HenryHZY/VL-PET")
     for m, row in pub.iterrows():
         if lm == "bart-base" or (lm, m) in SAME_SETUP:
             r.record.reproduce(f"{lm} {m}: trainable share (%)", row["trainable %"], source, row["our count (%)"],
