@@ -14,7 +14,8 @@ from accelerate import PartialState
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from clipadapt.finetune import FitConfig, fit_classifier
+from clipadapt.engine import TrainSpec
+from clipadapt.finetune import fit_classifier
 
 mode, out_path, *rest = sys.argv[1:]
 if mode == "fit":
@@ -24,7 +25,7 @@ if mode == "fit":
     model = nn.Sequential(nn.Linear(20, 32), nn.GELU(), nn.Linear(32, 4))
     batch, accum = (int(rest[0]), int(rest[1])) if rest else (32, 1)
     out = fit_classifier(model, TensorDataset(X[:384], y[:384]), TensorDataset(X[384:], y[384:]),
-                         FitConfig(epochs=6, batch_size=batch, warmup_epochs=1, eval_every=2, eval_last=1, lr=3e-3,
+                         TrainSpec(epochs=6, batch_size=batch, warmup=1 / 6, eval_every=2, eval_last=1, lr=3e-3,
                                    grad_accum=accum))
     result = {"history": out["history"], "best": out["best"], "last": out["last"]}
 elif mode == "tta":   # fake CIFAR-10-C under DATA_ROOT (tests/test_accelerate.py writes it), the tiny CLIP
@@ -52,7 +53,7 @@ else:
     model0, split, feats = small_vl()
     torch.manual_seed(3)
     model = vlpet.apply_method(copy.deepcopy(model0), "vl-pet-large")
-    result = {"losses": vltrain.train_vl(model, split, feats, vltrain.TrainConfig(epochs=8, batch_size=8, lr=3e-2), seed=3)}
+    result = {"losses": vltrain.train_vl(model, split, feats, vltrain.recipe(epochs=8, batch_size=8, lr=3e-2), seed=3)}
 state = PartialState()
 if state.is_main_process:
     result.update(processes=state.num_processes,

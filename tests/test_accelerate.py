@@ -89,8 +89,8 @@ def test_loops_with_other_precisions_run_one_after_the_other_in_one_process():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 200)
     x = rng.normal(size=(200, 12)) + 2.0 * np.eye(3)[y] @ rng.normal(size=(3, 12))
-    fp32, bf16, again = (train_head(x, y, HeadConfig(epochs=4, batch_size=64, mixed_precision=mp))[1]
-                         for mp in ("no", "bf16", "no"))
+    fp32, bf16, again = (train_head(x, y, HeadConfig(epochs=4, batch_size=64, precision=mp))[1]
+                         for mp in ("fp32", "bf16", "fp32"))
     def losses(h):
         return [r["train_loss"] for r in h]
     # float sums may differ in the last digits between runs (threads); bf16 changes the fourth digit

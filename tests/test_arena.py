@@ -9,9 +9,9 @@ import torch
 
 from clipadapt import arena
 from clipadapt.data import vtab
-from clipadapt.finetune import FitConfig
+from clipadapt.engine import TrainSpec
 
-QUICK = arena.ArenaConfig(shots=4, fit=FitConfig(epochs=2, lr=3e-3, warmup_epochs=1, batch_size=16, eval_every=2,
+QUICK = arena.ArenaConfig(shots=4, fit=TrainSpec(epochs=2, lr=3e-3, warmup=0.5, batch_size=16, eval_every=2,
                                                  eval_last=1))
 
 
@@ -199,7 +199,7 @@ def test_every_method_runs_on_face_clips():
     from clipadapt.data import clips
     task = clips.as_task(n_train=60, n_test=14, frames=5, seed=0)
     assert task.x_train.shape[1:] == (5, 48, 48, 3) and task.group == "video" and len(task.classes) == 7
-    cfg = arena.ArenaConfig(shots=2, fit=FitConfig(epochs=1, lr=3e-3, warmup_epochs=0, batch_size=8, eval_every=1,
+    cfg = arena.ArenaConfig(shots=2, fit=TrainSpec(epochs=1, lr=3e-3, warmup=0.0, batch_size=8, eval_every=1,
                                                    eval_last=1))
     df = arena.run(list(arena.ARENA), [task], seeds=(0,), cfg=cfg, show_progress=False)
     assert list(df["method"]) == list(arena.ARENA) and df["value"].between(0, 100).all()

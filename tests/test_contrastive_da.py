@@ -153,13 +153,13 @@ def test_finetuned_reference_trains_the_whole_encoder():
     from timm.data import create_transform
     from timm.models.vision_transformer import VisionTransformer
 
-    from clipadapt.finetune import FitConfig
+    from clipadapt.engine import TrainSpec
     from clipadapt.models.vit import LoadedViT
     rng = np.random.default_rng(0)
     images, y = rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8), np.arange(20) % 2
     load = lambda k: LoadedViT(VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                                                  num_classes=k), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "t")
-    feats, info = da.finetuned_image_features(load, images, y, np.arange(12), FitConfig(epochs=1, warmup_epochs=0))
+    feats, info = da.finetuned_image_features(load, images, y, np.arange(12), TrainSpec(epochs=1, warmup=0.0))
     assert feats.shape == (20, 32) and info["trainable"] == sum(p.numel() for p in load(2).model.parameters())
     assert info["activations_mb"] > 0 and info["train_s"] > 0
 

@@ -149,7 +149,7 @@ def test_too_short_clips_are_refused_with_the_reason():
 
 def test_ablation_variants_train_what_they_name_and_select_on_validation():
     from clipadapt.data.clips import EXPRESSIONS
-    from clipadapt.finetune import FitConfig
+    from clipadapt.engine import TrainSpec
     tok = lambda texts: torch.randint(1, 90, (len(texts), 12))
     counts = {}
     for label, v in peclip.VARIANTS.items():
@@ -182,7 +182,7 @@ def test_ablation_variants_train_what_they_name_and_select_on_validation():
     data = {"train": toy(56), "val": toy(21), "test": toy(21)}
     load = lambda: type("L", (), {"model": _tiny_clip(), "tokenizer": staticmethod(tok)})()   # a fresh CLIP per run
     v = {"ShA + TDA": peclip.VARIANTS["ShA + TDA"], "zero-shot, AU texts": peclip.VARIANTS["zero-shot, AU texts"]}
-    fit = FitConfig(epochs=3, batch_size=8, warmup_epochs=0, eval_every=1)
+    fit = TrainSpec(epochs=3, batch_size=8, warmup=0.0, eval_every=1)
     df = peclip.ablation(load, data, v, fit_cfg=fit, cfg=peclip.AblationConfig(depth=2), show_progress=False)
     row = df.set_index("variant").loc["ShA + TDA"]
     hist = row["history"]

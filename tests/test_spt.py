@@ -174,7 +174,7 @@ def test_every_method_prepares_and_the_suite_runs_with_vtab_means():
     from timm.data import create_transform
 
     from clipadapt.data.vtab import Task
-    from clipadapt.finetune import FitConfig
+    from clipadapt.engine import TrainSpec
     from clipadapt.models.vit import LoadedViT
     rng = np.random.default_rng(0)
 
@@ -194,7 +194,7 @@ def test_every_method_prepares_and_the_suite_runs_with_vtab_means():
     assert abs(default["allocation"].params - lora) <= 0.05 * lora, (default["allocation"].params, lora)
     tasks = [task("t1", "natural"), task("t2", "structured")]
     methods = {"SPT": {"method": "spt-lora", "budget": 2_000, "rank": 4}, "linear": {"method": "linear-probe", "seeds": [0]}}
-    df, allocs = spt_chapter.suite_benchmark(load, tasks, methods, seeds=(0, 1), fit_cfg=FitConfig(epochs=2, warmup_epochs=1),
+    df, allocs = spt_chapter.suite_benchmark(load, tasks, methods, seeds=(0, 1), fit_cfg=TrainSpec(epochs=2, warmup=0.5),
                                      show_progress=False)
     assert len(df) == 2 * 2 + 2 and set(allocs) == {(t, "SPT", s) for t in ("t1", "t2") for s in (0, 1)}
     vm = spt_chapter.vtab_mean(df)
@@ -237,7 +237,8 @@ def test_lazy_files_and_in_memory_images_train_identically_with_the_official_eva
     from timm.data import create_transform
 
     from clipadapt.data.registry import ImageFiles
-    from clipadapt.finetune import FitConfig, ImageSet, fit_classifier
+    from clipadapt.engine import TrainSpec
+    from clipadapt.finetune import ImageSet, fit_classifier
     from clipadapt.models.vit import LoadedViT
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)
@@ -249,7 +250,7 @@ def test_lazy_files_and_in_memory_images_train_identically_with_the_official_eva
     lv = LoadedViT(_vit(), create_transform(input_size=(3, 16, 16), crop_pct=1.0), "test")
     mem, lazy = lv.dataset(x, y), lv.dataset(ImageFiles(paths), y)
     assert isinstance(mem, TensorDataset) and isinstance(lazy, ImageSet)
-    cfg = FitConfig(epochs=6, warmup_epochs=1, batch_size=8, eval_every=4, eval_last=2)
+    cfg = TrainSpec(epochs=6, warmup=1 / 6, batch_size=8, eval_every=4, eval_last=2)
     runs = []
     for data in (mem, lazy):
         model = _vit()

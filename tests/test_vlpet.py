@@ -149,7 +149,7 @@ def test_unknown_method_names_the_known_ones_and_too_long_inputs_say_what_to_sho
 
 def test_training_is_seeded_and_the_loss_falls(small):
     model0, split, feats = small
-    cfg = vltrain.TrainConfig(epochs=8, batch_size=8, lr=3e-2)
+    cfg = vltrain.recipe(epochs=8, batch_size=8, lr=3e-2)
     runs = []
     for _ in range(2):
         torch.manual_seed(3)   # the new modules' initialisation is part of a run
@@ -158,7 +158,7 @@ def test_training_is_seeded_and_the_loss_falls(small):
     assert runs[0] == runs[1]
     k = len(runs[0]) // 3
     assert sum(runs[0][-k:]) / k < 0.8 * sum(runs[0][:k]) / k
-    scores = vltrain.evaluate_vl(m, split, feats, vltrain.TrainConfig(num_beams=2, max_new_tokens=8))
+    scores = vltrain.evaluate_vl(m, split, feats, vltrain.Decoding(num_beams=2, max_new_tokens=8))
     assert set(scores) >= {"vqa", "gqa", "nlvr", "caption", "average", "pred"}
     assert all(len(scores["pred"][t]) == len(split.of_task(t)) for t in vltasks.TASKS)
     assert set(scores["pred"]["nlvr"]) <= {"true", "false"}
@@ -354,8 +354,9 @@ def test_paper_code_path_trains_and_scores_a_saved_checkpoint_on_the_restored_la
         data[k], data[f"{k}_feats"] = vladapter.load_vladapter(k, root)
     vl = seq2seq.load_pretrained_vl(str(tmp_path / "lm"), feat_dim=2048)
     assert vl.visual.feat[0].in_features == 2048
-    cfg = vltrain.TrainConfig(epochs=2, batch_size=4, num_beams=2, max_new_tokens=4)
+    cfg = vltrain.recipe(epochs=2, batch_size=4)
     runs = vltrain.compare(lambda: copy.deepcopy(vl), data, ["vl-pet-large", "bitfit"], (0,), cfg,
+                           decode=vltrain.Decoding(num_beams=2, max_new_tokens=4),
                          show_progress=False)
     assert list(runs.method) == ["vl-pet-large", "bitfit"]
     for _, r in runs.iterrows():

@@ -1,5 +1,6 @@
 """Training and evaluating an encoder-decoder vision-language model on the four tasks, as VL-PET's official
-image-text scripts do (multi-task batches of one task each, AdamW with linear warm-up and decay, clipping; greedy
+image-text scripts do (multi-task batches of one task each, AdamW with linear warm-up and decay, clipping, on the
+project's training engine; greedy
 answers, beam-searched captions scored by CIDEr), and the comparison of methods the VL-PET chapter runs.
 """
 from __future__ import annotations
@@ -13,39 +14,26 @@ import torch
 from .bench import count_parameters, training_memory
 from .data.vltasks import TASKS
 from .eval import cider, normalize_answer
-from .finetune import accelerator
-from .methods.vlpet import METHODS, BaselineConfig, _is_layer_norm, apply_method, to_device
+from .engine import TrainSpec, train
+from .methods.vlpet import METHODS, BaselineConfig, apply_method, to_device
 from .models.seq2seq import collate
 from .utils import progress, seed_everything
 
 
+def recipe(**changes) -> TrainSpec:
+    """The official image-text recipe (scripts/image-text/*.sh, src/param.py) as a training spec: AdamW (eps 1e-6,
+    wd 0.01, none on biases and LayerNorms), linear warm-up over 10% then linear decay per step, gradient clipping 5,
+    20 epochs, batch 500, lr 1e-3 (full fine-tuning 1e-4, `compare`'s `lr_full`; T5 3e-4). `changes` override it."""
+    return TrainSpec(epochs=20, batch_size=500, lr=1e-3, weight_decay=0.01, no_decay="bias-norm", eps=1e-6,
+                     schedule="linear", tick="step", warmup=0.1, clip_grad=5.0).replace(**changes)
+
+
 @dataclass(frozen=True)
-class TrainConfig:
-    """The official image-text recipe (scripts/image-text/*.sh, src/param.py): AdamW (eps 1e-6, wd 0.01, none on
-    biases and LayerNorms), linear warm-up over 10% then linear decay, gradient clipping 5, 20 epochs, batch 500,
-    lr 1e-3 (full fine-tuning 1e-4; T5 3e-4); beam 5 for captions, greedy answers, NLVR by the likelier of
-    true / false."""
-    epochs: int = 20
-    batch_size: int = 500
-    lr: float = 1e-3
-    lr_full: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    clip_grad: float = 5.0
+class Decoding:
+    """Beam 5 for captions and greedy answers (NLVR by the likelier of true / false), as the official evaluation."""
     num_beams: int = 5
     max_new_tokens: int = 20
     eval_batch: int = 256
-    mixed_precision: str = "no"   # accelerate's "no", "fp16" or "bf16" (a GPU's autocast)
-    grad_accum: int = 1      # batches whose gradients add up before one optimiser step (batch 500 on a small GPU)
-
-
-def _optimizer(model, cfg: TrainConfig, lr: float):
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if (n.endswith("bias") or _is_layer_norm(n) or ".feat.1." in n) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, eps=1e-6)
 
 
 def task_batches(split, batch_size: int, gen: torch.Generator) -> list[list[int]]:
@@ -58,45 +46,23 @@ def task_batches(split, batch_size: int, gen: torch.Generator) -> list[list[int]
     return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
 
-def train_vl(model, split, feats, cfg: TrainConfig, seed: int = 0, show_progress: bool = False,
+def train_vl(model, split, feats, cfg: TrainSpec, seed: int = 0, show_progress: bool = False,
              desc: str = "train", lr: float | None = None, device: str = "cpu") -> list[float]:
-    """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved) on `device`;
-    the loss per step. Through accelerate as `clipadapt.finetune.fit_classifier`: under a distributed launcher each
-    process takes its share of every batch (DDP), and `cfg` sets mixed precision and gradient accumulation."""
-    from transformers import get_linear_schedule_with_warmup
+    """Multi-task training on all of `split`'s examples (single-task batches, tasks interleaved) on `device` with
+    `clipadapt.engine.train`; the loss per step. Under a distributed launcher each process takes its share of
+    every batch (DDP); `cfg` sets precision and gradient accumulation."""
+    spec = cfg.replace(seed=seed, lr=lr if lr is not None else cfg.lr)
 
-    seed_everything(seed)
-    opt = _optimizer(model, cfg, lr if lr is not None else cfg.lr)
-    gen = torch.Generator().manual_seed(seed)
-    epochs = [task_batches(split, cfg.batch_size, gen) for _ in range(cfg.epochs)]
-    total = sum(len(e) for e in epochs)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total / cfg.grad_accum),
-                                            total // cfg.grad_accum)
-    acc = accelerator(device, cfg.mixed_precision, cfg.grad_accum)
-    train_model, opt = acc.prepare(model, opt) if acc.num_processes > 1 else (model, acc.prepare(opt))
-    params = [p for p in model.parameters() if p.requires_grad]
-    losses = []
-    model.train()
-    opt.zero_grad(set_to_none=True)
-    bar = progress(total=total, desc=desc, disable=not show_progress, leave=False)
-    for epoch in epochs:
-        for idx in epoch:
-            batch = to_device(collate([split.examples[i] for i in idx[acc.process_index::acc.num_processes]], feats,
-                                      model.tokenizer), acc.device if acc.num_processes > 1 else device)
-            with acc.accumulate(train_model), acc.autocast():
-                loss = train_model(batch)
-                acc.backward(loss)
-                if acc.sync_gradients:   # the last batch of an accumulation group: clip, step, schedule
-                    acc.clip_grad_norm_(params, cfg.clip_grad)
-                opt.step()
-                if acc.sync_gradients:
-                    sched.step()
-                opt.zero_grad(set_to_none=True)
-            losses.append(float(acc.reduce(loss.detach(), "mean")))
-            bar.update()
-    bar.close()
+    def data(gen, shard):
+        return [idx[shard[0]::shard[1]] for idx in task_batches(split, spec.batch_size, gen)]
+
+    def loss(m, idx):
+        return m(to_device(collate([split.examples[i] for i in idx], feats, model.tokenizer),
+                           next(m.parameters()).device))
+
+    run = train(model, spec, data, loss, device=device, show_progress=show_progress, desc=desc)
     model.eval()
-    return losses
+    return run["losses"]
 
 
 def answer_score(pred: str, example) -> float:
@@ -108,7 +74,7 @@ def answer_score(pred: str, example) -> float:
     return max((w for r, w in zip(example.references, weights) if normalize_answer(r) == p), default=0.0)
 
 
-def evaluate_vl(model, split, feats, cfg: TrainConfig, device: str = "cpu") -> dict:
+def evaluate_vl(model, split, feats, cfg: Decoding = Decoding(), device: str = "cpu") -> dict:
     """Scores per task (VQA / GQA / NLVR accuracy %, caption CIDEr) and their average, with the predictions."""
     model.eval()
     out = {"pred": {}}
@@ -132,16 +98,17 @@ def evaluate_vl(model, split, feats, cfg: TrainConfig, device: str = "cpu") -> d
     return out
 
 
-def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainConfig | None = None,
+def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainSpec | None = None,
             seeds_for: dict[str, tuple] | None = None, show_progress: bool = True, keep=(),
-            baseline: BaselineConfig = BaselineConfig(), device: str = "cpu"):
+            baseline: BaselineConfig = BaselineConfig(), device: str = "cpu", lr_full: float = 1e-4,
+            decode: Decoding = Decoding()):
     """Train every method from a fresh copy of the pretrained model (`load_model()` returns a `VLModel`) on
     data["train"] and score it on data["test"] (each a `VLSplit`, with features in data["train_feats"] /
-    data["test_feats"]). `baseline` sizes the baselines. `seeds_for` gives some methods other seeds (e.g. one seed for the rows no claim compares).
+    data["test_feats"]), full fine-tuning at `lr_full`. `baseline` sizes the baselines. `seeds_for` gives some methods other seeds (e.g. one seed for the rows no claim compares).
     Rows: method, seed, the four task scores and their average, trainable parameters and share, training memory of
     one step (MiB), seconds per step, the loss curve and the predictions; for methods in `keep`, the trained model
     of the first seed."""
-    cfg = cfg or TrainConfig()
+    cfg = cfg or recipe()
     seeds_for = seeds_for or {}
     jobs = [(m, s) for m in methods for s in seeds_for.get(m, seeds)]
     rows = []
@@ -155,9 +122,9 @@ def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainConfi
                                                              device)))
         t0 = time.perf_counter()
         losses = train_vl(model, data["train"], data["train_feats"], cfg, seed=seed,
-                          lr=cfg.lr_full if method == "full" else cfg.lr, device=device)
+                          lr=lr_full if method == "full" else cfg.lr, device=device)
         train_s = time.perf_counter() - t0
-        scores = evaluate_vl(model, data["test"], data["test_feats"], cfg, device=device)
+        scores = evaluate_vl(model, data["test"], data["test_feats"], decode, device=device)
         row = {"method": method, "seed": seed, **{k: v for k, v in scores.items() if k != "pred"},
                "trainable": pc.trainable, "trainable_pct": 100 * pc.fraction, "memory_mb": mem["total_mb"],
                "s_per_step": train_s / len(losses), "loss": losses, "pred": scores["pred"]}

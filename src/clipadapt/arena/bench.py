@@ -29,7 +29,8 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
     """
     from ..bench import count_parameters, time_per_step
     from ..data import vtab
-    from ..finetune import FitConfig, fit_classifier
+    from ..engine import TrainSpec
+    from ..finetune import fit_classifier
     from ..methods import spt as spt_mod
     from ..models.loader import load_backbone
     from ..profiles import get_profile
@@ -71,8 +72,8 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
     # SPT: the sensitivity pass against an epoch
     vit = _vit(Context(load_backbone(profile), tuple(t.classes), trainval, cfg)).to(dev)
     sens = timed("SPT sensitivity pass s", lambda: spt_mod.sensitivity(vit, trainval, 32, 16))
-    epoch = fit_classifier(spt_mod.full_finetune(vit), trainval, test, FitConfig(epochs=1, batch_size=64,
-                           warmup_epochs=0, eval_every=1, eval_last=1, seed=seed))["s_per_epoch"]
+    epoch = fit_classifier(spt_mod.full_finetune(vit), trainval, test, TrainSpec(epochs=1, batch_size=64,
+                           warmup=0.0, eval_every=1, eval_last=1, seed=seed))["s_per_epoch"]
     raw["one training epoch s (full fine-tuning)"] = {"s_per_step": epoch}
     rows.append({"ratio": "SPT sensitivity pass s / one training epoch s", "value": sens / epoch,
                  "detail": f"16 batches of 32: {sens:.2f} s; an epoch of {len(trainval)} images: {epoch:.2f} s"})

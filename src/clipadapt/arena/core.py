@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..finetune import FitConfig
+from ..engine import TrainSpec
 from ..methods import build_method, method_class
 from ..methods.base import ClassTexts
 
@@ -22,8 +22,8 @@ TEMPLATE = "a photo of a {}."
 class ArenaConfig:
     """What every method shares: the few-shot sample and the training schedule; each method's own sizes."""
     shots: int = 16                 # labelled images per class (few-shot; the whole train800 if there are fewer)
-    fit: FitConfig = dataclasses.field(default_factory=lambda: FitConfig(
-        epochs=20, lr=3e-3, warmup_epochs=2, batch_size=32, eval_every=20, eval_last=1))
+    fit: TrainSpec = dataclasses.field(default_factory=lambda: TrainSpec(
+        epochs=20, lr=3e-3, warmup=0.1, batch_size=32, eval_every=20, eval_last=1))
     full_lr_scale: float = 0.1      # full fine-tuning trains at this share of fit.lr (every weight moves; the rate of
                                     # the small modules would wash out pretraining: common practice, checked on ci)
     rank: int = 8                   # LoRA rank and adapter bottleneck (SPT's VTAB-1k setting)

@@ -14,7 +14,7 @@ import pandas as pd
 from .. import arena as lib
 from ..data import clips, vtab
 from ..data.streams import ReleasedC
-from ..finetune import FitConfig
+from ..engine import TrainSpec
 from ..methods import batclip
 from ..models.loader import load_backbone
 from . import core
@@ -88,8 +88,8 @@ def frontier_plot(board: pd.DataFrame, front: list[str], x: str, xlabel: str, ti
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
 
 
-def _fit(s: Setup, epochs: int, batch_size: int, warmup: int) -> FitConfig:
-    return FitConfig(epochs=epochs, lr=s.lr, warmup_epochs=warmup, batch_size=batch_size, eval_every=epochs,
+def _fit(s: Setup, epochs: int, batch_size: int, warmup: int) -> TrainSpec:
+    return TrainSpec(epochs=epochs, lr=s.lr, warmup=warmup / epochs, batch_size=batch_size, eval_every=epochs,
                      eval_last=1, num_workers=s.num_workers)
 
 

@@ -17,7 +17,7 @@ from ..bench import training_memory
 from ..data import listings, mmimdb
 from ..data.real import FASHION_CLASSES
 from ..embeddings import cached, load_encoder
-from ..finetune import FitConfig
+from ..engine import TrainSpec
 from ..methods import contrastive_da as da
 from ..models.vit import load_vit
 from ..profiles import get_profile
@@ -189,8 +189,8 @@ def compute(s: Setup, r: core.Result) -> None:
         r.add_table("domain_shift", shift, index=False)
 
     # cost: the heads against fine-tuning the whole image encoder (first seed)
-    ft_cfg = FitConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, warmup_epochs=1, eval_every=10, eval_last=1,
-                       num_workers=s.finetune_workers)
+    ft_cfg = TrainSpec(epochs=s.finetune_epochs, lr=s.finetune_lr, warmup=1 / s.finetune_epochs, eval_every=10,
+                       eval_last=1, num_workers=s.finetune_workers)
     ft_feats, ft = da.finetuned_image_features(lambda k: load_vit(s.profile, k), target.images, y, tr, ft_cfg)
     ft_rep = da.Represented(np.concatenate([ft_feats[tr], x["text"][tr]], 1),
                             np.concatenate([ft_feats[test], x["text"][test]], 1), ft["trainable"], ft["train_s"], [])

@@ -18,7 +18,7 @@ from ..bench import count_parameters
 from ..data import clips, dfer
 from ..data.clips import AU_DESCRIPTIONS, EXPRESSIONS
 from ..eval import confusion_matrix, encode_images, encode_texts, uar_war, zero_shot_predict
-from ..finetune import FitConfig
+from ..engine import TrainSpec
 from ..methods import peclip
 from ..models import load_backbone
 from ..models.prompts import MultiModalPrompts
@@ -51,7 +51,7 @@ CLAIMS = {   # key: (label, claimed better, reference, en, ja)
 # the optimiser and schedule: ci's for 400 short clips on a CPU; paper's as the official scripts (batch 4, 16 frames)
 FIT = {"ci": dict(batch_size=8, lr=2e-3, weight_decay=1e-2, warmup_epochs=1, warmup_lr=1e-5, min_lr=1e-5,
                   eval_every=1),
-       "paper": dict(batch_size=4, weight_decay=1e-2, warmup_epochs=3, warmup_lr=2e-5, cosine_epochs=30, min_lr=1e-6,
+       "paper": dict(batch_size=4, weight_decay=1e-2, warmup_epochs=3, warmup_lr=2e-5, schedule_ticks=30, min_lr=1e-6,
                      eval_every=1, mixup=0.4)}
 LRS = {"ci": dict(lr_adapters=2e-3, lr_prompts=2e-3, lr_full=2e-4, lr_probe=1e-1), "paper": {}}
 
@@ -129,7 +129,9 @@ def compute(s: Setup, r: core.Result) -> None:
     device = get_profile(s.profile).device
     load = lambda: load_backbone(s.profile, (s.model, s.pretrained), device=device)   # noqa: E731
     bb = load()
-    fit = FitConfig(epochs=s.epochs, num_workers=s.num_workers, **FIT[s.profile])
+    fit = dict(FIT[s.profile])
+    warm = fit.pop("warmup_epochs")   # the warm-up as the official scripts state it, in epochs of the schedule
+    fit = TrainSpec(epochs=s.epochs, num_workers=s.num_workers, warmup=warm / fit.get("schedule_ticks", s.epochs), **fit)
     cfg = peclip.AblationConfig(depth=s.prompt_depth, **LRS[s.profile])
     if s.dataset == "clips":
         split = clips.make_split(s.n_train, s.n_val, s.n_test, s.frames, s.seed)

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..data import fgvc, vtab
-from ..finetune import FitConfig, fit_classifier
+from ..engine import TrainSpec
+from ..finetune import fit_classifier
 from ..methods import spt
 from ..models.vit import PAPER_VIT, load_vit
 from ..utils import progress, seed_everything
@@ -105,7 +106,7 @@ def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit
     trains on train800 + val200 for the test. Rows: task, group, method, seed, budget, trainable, best and last test
     accuracy (%), seconds per step and per epoch, ranking seconds, peak training memory (MiB, GPU only).
     """
-    fit_cfg = fit_cfg or FitConfig()
+    fit_cfg = fit_cfg or TrainSpec()
     rows, allocations = [], {}
     jobs = [(t, label, s) for t in tasks for label, spec in methods.items() for s in spec.get("seeds", seeds)]
     data = {}
@@ -185,7 +186,7 @@ def compute(s: Setup, r: core.Result) -> None:
                                        for t in ts]), index=False)
     seeds = [s.seed + i for i in range(s.n_seeds)]
     load = lambda n_classes: load_vit(s.profile, n_classes, s.model, checkpoint=s.checkpoint)   # noqa: E731
-    fit = FitConfig(epochs=s.epochs, lr=s.lr, warmup_epochs=s.warmup_epochs, num_workers=s.num_workers)
+    fit = TrainSpec(epochs=s.epochs, lr=s.lr, warmup=min(1.0, s.warmup_epochs / s.epochs), num_workers=s.num_workers)
     ms = methods(s)
     res, allocations = suite_benchmark(load, ts, ms, seeds, fit)
     r.add_table("runs", res, index=False)

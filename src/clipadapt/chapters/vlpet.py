@@ -101,15 +101,15 @@ def data(s: Setup) -> dict:
 
 
 def model_and_configs(s: Setup):
-    """The pretrained model of the set-up, its training config and the baselines' sizes."""
+    """The pretrained model of the set-up, its training spec, full fine-tuning's rate and the baselines' sizes."""
     if s.lm == "tiny-vl-bart":
         seq2seq.ensure_tiny_lm()
-        cfg = vltrain.TrainConfig(epochs=s.epochs, batch_size=64, lr=3e-3, lr_full=5e-4)
+        cfg = vltrain.recipe(epochs=s.epochs, batch_size=64, lr=3e-3)
         # the tiny model has 64 positions: 16 prompts + text + 2 images
-        return seq2seq.load_tiny_vl(), cfg, vlpet.BaselineConfig(prompt_len=16)
+        return seq2seq.load_tiny_vl(), cfg, 5e-4, vlpet.BaselineConfig(prompt_len=16)
     base = seq2seq.load_pretrained_vl(s.lm, feat_dim=vladapter.FEAT_DIM)
     t5 = "t5" in type(base.lm).__name__.lower()
-    return base, vltrain.TrainConfig(epochs=s.epochs, lr=3e-4 if t5 else 1e-3), vlpet.BaselineConfig()   # batch 500
+    return base, vltrain.recipe(epochs=s.epochs, lr=3e-4 if t5 else 1e-3), 1e-4, vlpet.BaselineConfig()   # batch 500
 
 
 def architecture_counts() -> pd.DataFrame:
@@ -133,7 +133,7 @@ def compute(s: Setup, r: core.Result) -> None:
     methods = list(s.methods)
     run_seeds = seeds(s)
     d = data(s)
-    base, cfg, baseline = model_and_configs(s)
+    base, cfg, lr_full, baseline = model_and_configs(s)
     base = base.to(device)
     r.add_table("splits", pd.DataFrame([{"split": k, "images": len(d[k].images),
                                          **{t: len(d[k].of_task(t)) for t in vltasks.TASKS}} for k in ("train", "test")]),
@@ -151,13 +151,13 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("vl_t5_large_pct", f"{share['t5-base', 'vl-pet-large']:.2f}%")
 
     # every method trained the same way (the compared rows on every seed, the others on the first)
-    for name, value in (("vl_lr", f"{cfg.lr:g}"), ("vl_lr_full", f"{cfg.lr_full:g}"), ("vl_batch", cfg.batch_size),
+    for name, value in (("vl_lr", f"{cfg.lr:g}"), ("vl_lr_full", f"{lr_full:g}"), ("vl_batch", cfg.batch_size),
                         ("vl_epochs", cfg.epochs), ("vl_n_seeds", len(run_seeds))):
         r.text(name, value)
-    untrained = vltrain.evaluate_vl(base, d["test"], d["test_feats"], cfg, device=device)
+    untrained = vltrain.evaluate_vl(base, d["test"], d["test_feats"], device=device)
     seeds_for = {m: run_seeds[:1] for m in methods if m not in COMPARED}
     runs = vltrain.compare(lambda: copy.deepcopy(base), d, methods, run_seeds, cfg, seeds_for=seeds_for,
-                         baseline=baseline, keep=[f"vl-pet-{g}" for g in vlpet.GRANULARITIES], device=device)
+                           lr_full=lr_full, baseline=baseline, keep=[f"vl-pet-{g}" for g in vlpet.GRANULARITIES], device=device)
     runs = pd.concat([pd.DataFrame([{"method": "pretrained, no training", "seed": run_seeds[0], "trainable": 0,
                                      "trainable_pct": 0.0, **{k: v for k, v in untrained.items() if k != "pred"},
                                      "pred": untrained["pred"]}]), runs], ignore_index=True)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine import TrainSpec, train
 from ..utils import progress, seed_everything
 from .registry import register
 from .base import Method, option
@@ -73,7 +74,7 @@ class HeadConfig:
     monitor_fraction: float = option(0.2, "share held out from training to watch the loss and pair AUC")
     seed: int = option(0, "seed of the split, the initialisation and the batch order")
     device: str = option("cpu", "where the head trains (cuda for the paper's large embedding sets)")
-    mixed_precision: str = option("no", "accelerate's no, fp16 or bf16 (a GPU's autocast)")
+    precision: str = option("fp32", "fp32, fp16 or bf16 (a GPU's autocast)")
 
 
 @register("contrastive-head", "contrastive head")
@@ -102,18 +103,17 @@ def pair_auc(z: torch.Tensor, y: torch.Tensor) -> float:
 def train_head(x: np.ndarray, y: np.ndarray, cfg: HeadConfig | None = None) -> tuple[ProjectionHead, list[dict]]:
     """Train a projection head on embeddings `x` with labels `y`; returns it (on the CPU) and a per-epoch history.
 
-    Device placement and mixed precision come from accelerate (`cfg.device`, `cfg.mixed_precision`). The head
+    It trains on `clipadapt.engine.train` (`cfg.device`, `cfg.precision`). The head
     always trains in one process: its loss compares every pair of a mini-batch, so splitting a batch across DDP
     processes would drop the pairs between shares, and the head trains in seconds to minutes anyway."""
-    from ..finetune import accelerator
     cfg = cfg or HeadConfig()
     if len(x) != len(y):
         raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
     if len(np.unique(y)) < 2:
         raise ValueError("the contrastive head needs at least two classes among the labelled samples")
+    spec = TrainSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=0.0, no_decay="none",
+                     optimizer="adam", schedule="constant", precision=cfg.precision, seed=cfg.seed)
     seed_everything(cfg.seed)
-    acc = accelerator(cfg.device, cfg.mixed_precision)
-    dev = torch.device(cfg.device) if acc.num_processes > 1 else acc.device   # one process: no DDP (see above)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(x))
     n_mon = int(round(cfg.monitor_fraction * len(x)))
@@ -122,31 +122,25 @@ def train_head(x: np.ndarray, y: np.ndarray, cfg: HeadConfig | None = None) -> t
     head = ProjectionHead(x.shape[1], cfg.out_dim)
     head.mean.copy_(xt[fit].mean(0))   # standardise the inputs, as the authors' example does before the projector
     head.scale.copy_(xt[fit].std(0).clamp_min(1e-6))
-    head, xt, yt = head.to(dev), xt.to(dev), yt.to(dev)
-    opt = acc.prepare_optimizer(torch.optim.Adam(head.parameters(), lr=cfg.lr))   # fp16: the loss scaler steps it
-    g = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    for epoch in range(cfg.epochs):
-        head.train()
-        perm = torch.as_tensor(fit)[torch.randperm(len(fit), generator=g)]
-        losses = []
-        for b in range(0, len(perm), cfg.batch_size):
-            idx = perm[b:b + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            with acc.autocast():
-                loss = pair_loss(head(xt[idx]).float(), yt[idx], cfg.temperature)
-            opt.zero_grad()
-            acc.backward(loss)
-            opt.step()
-            losses.append(loss.item())
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+    xt, yt = xt.to(cfg.device), yt.to(cfg.device)
+
+    def data(gen, shard):   # whole batches in one process (shard ignored: see above); a lone last row is skipped
+        perm = torch.as_tensor(fit)[torch.randperm(len(fit), generator=gen)]
+        return [idx for idx in perm.split(cfg.batch_size) if len(idx) >= 2]
+
+    def loss(m, idx):
+        return pair_loss(m(xt[idx]).float(), yt[idx], cfg.temperature)
+
+    def monitor(epoch, row):
         if n_mon >= 2:
             with torch.no_grad():
                 zm = head(xt[mon]).float().cpu()
                 row.update(monitor_loss=pair_loss(zm, yt[mon].cpu(), cfg.temperature).item(),
                            monitor_pair_auc=pair_auc(zm, yt[mon].cpu()))
-        history.append(row)
+
+    run = train(head, spec, data, loss, device=cfg.device, ddp=False, reseed=False, on_epoch=monitor)
+    history = [{"epoch": h["epoch"], "train_loss": h["loss"]} | {k: v for k, v in h.items() if k.startswith("monitor")}
+               for h in run["history"]]
     return head.cpu().eval(), history
 
 
@@ -268,9 +262,10 @@ def finetuned_image_features(load_model, images: np.ndarray, y: np.ndarray, labe
     trainable parameters, seconds and the training memory of one step).
     """
     from ..bench import training_memory
-    from ..finetune import FitConfig, batches, fit_classifier
+    from ..engine import TrainSpec
+    from ..finetune import batches, fit_classifier
     from .spt import full_finetune
-    fit_cfg = fit_cfg or FitConfig(epochs=10, warmup_epochs=1, eval_every=10, eval_last=1)
+    fit_cfg = fit_cfg or TrainSpec(epochs=10, warmup=0.1, eval_every=10, eval_last=1)
     lv = load_model(int(y.max()) + 1)
     model = full_finetune(lv.model)
     train = lv.dataset(images[labelled], y[labelled])

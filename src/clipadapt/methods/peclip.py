@@ -307,7 +307,7 @@ def video_dataset(frames: np.ndarray, labels, preprocess) -> TensorDataset:
 @dataclass
 class AblationConfig:
     """Learning rates per kind of training (paper: the official AdamW groups; full fine-tuning at DFER-CLIP's
-    image-encoder rate) and the prompt shape. The schedule, epochs and batch size live in the FitConfig."""
+    image-encoder rate) and the prompt shape. The schedule, epochs and batch size live in the TrainSpec."""
     lr_adapters: float = 2e-4
     lr_prompts: float = 3e-5
     lr_full: float = 1e-5
@@ -350,10 +350,11 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
 
     from ..bench import count_parameters, training_memory
     from ..data.clips import EXPRESSIONS
-    from ..finetune import FitConfig, batches, fit_classifier, labels_of, predict
+    from ..engine import TrainSpec
+    from ..finetune import batches, fit_classifier, labels_of, predict
     from ..utils import progress, seed_everything
     variants = variants or VARIANTS
-    cfg, fit_cfg = cfg or AblationConfig(), fit_cfg or FitConfig()
+    cfg, fit_cfg = cfg or AblationConfig(), fit_cfg or TrainSpec()
     expressions = tuple(expressions or EXPRESSIONS)
     y_test = labels_of(data["test"]).numpy()
     rows = []

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine import PRECISIONS, distributed
 from .registry import register
 from .base import option
 
@@ -54,8 +55,9 @@ class TTAMethod(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, classnames, cfg: TTAConfig | None = None):
         super().__init__()
         self.cfg = cfg or self.config_class()
-        if self.cfg.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.cfg.precision!r}")
+        if self.cfg.precision not in PRECISIONS or self.cfg.precision == "fp16":   # the engine's vocabulary
+            raise ValueError(f"precision must be 'fp32' or 'bf16' (fp16 would need a loss scaler), "
+                             f"got {self.cfg.precision!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.classnames = list(classnames)
@@ -191,7 +193,6 @@ def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], cor
     from ..utils import progress, seed_everything
     from .registry import build_method
 
-    from ..finetune import distributed
     state = PartialState(cpu=not torch.cuda.is_available()) if distributed() else None   # gloo on a CPU launch
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     jobs = [(c, s) for s in severities for c in corruptions]

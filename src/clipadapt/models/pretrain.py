@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..transforms import preprocess_batch
-from ..utils import cache_dir, progress, seed_everything
+from ..engine import TrainSpec, train
+from ..utils import cache_dir, seed_everything
 from .tiny import TINY_NAME, TINY_TAG, register_configs, tiny_config
 
 
@@ -72,12 +73,9 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
     evals = [microworld.heldout_shapes(cfg.eval_size), microworld.fashion_test(cfg.eval_size) if cfg.n_fashion else None]
     evals = [e for e in evals if e is not None]
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    spec = TrainSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     no_decay="vectors-embeddings", betas=(0.9, 0.98), eps=1e-6, seed=cfg.seed)
     loss_fn = ClipLoss()
-    gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = len(corpus) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     hist: dict = {"config": asdict(cfg), "step": [], "loss": [], "eval_step": [], "eval": {e.name: [] for e in evals}}
@@ -89,36 +87,29 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
             hist["eval"][e.name].append(zero_shot_accuracy(model, preprocess, tokenizer, e)[0])
         model.train()
 
-    t0 = time.time()
-    step = 0
-    evaluate(0)
-    model.train()
-    bar = progress(total=total, desc="pretrain tiny CLIP", disable=not show_progress)
-    for _ in range(cfg.epochs):
+    def data(gen, shard):   # one epoch: a fresh permutation, whole batches
         order = torch.randperm(len(corpus), generator=gen).numpy()
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            images = preprocess_batch(preprocess, [corpus.images[i] for i in idx])
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, total, cfg)
-            # encode each distinct caption once (templated captions repeat within a batch): same loss, less compute
-            uniq, inverse = torch.unique(tokens[idx], dim=0, return_inverse=True)
-            img_f = model.encode_image(images, normalize=True)
-            txt_f = model.encode_text(uniq, normalize=True)[inverse]
-            loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            step += 1
-            hist["step"].append(step)
-            hist["loss"].append(float(loss.detach()))
-            bar.update()
-            bar.set_postfix(loss=f"{hist['loss'][-1]:.3f}")
-            if step % cfg.eval_every == 0 or step == total:
-                evaluate(step)
-    bar.close()
+        return [order[b * cfg.batch_size:(b + 1) * cfg.batch_size] for b in range(steps_per_epoch)]
+
+    def loss(m, idx):
+        images = preprocess_batch(preprocess, [corpus.images[i] for i in idx])
+        # encode each distinct caption once (templated captions repeat within a batch): same loss, less compute
+        uniq, inverse = torch.unique(tokens[idx], dim=0, return_inverse=True)
+        return loss_fn(m.encode_image(images, normalize=True), m.encode_text(uniq, normalize=True)[inverse],
+                       m.logit_scale.exp())
+
+    def after(step) -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        hist["step"].append(step.step)
+        hist["loss"].append(step.loss)
+        if step.step % cfg.eval_every == 0 or step.step == total:
+            evaluate(step.step)
+
+    t0 = time.time()
+    evaluate(0)
+    train(model, spec, data, loss, lr_at=lambda step: _lr(step, total, cfg), on_step=after, reseed=False,
+          show_progress=show_progress, desc="pretrain tiny CLIP")
     hist["train_seconds"] = round(time.time() - t0, 1)
     hist["n_pairs"] = len(corpus)
     hist["sources"] = {s: int(np.sum(np.array(corpus.source) == s)) for s in sorted(set(corpus.source))}

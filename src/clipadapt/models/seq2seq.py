@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import cache_dir, progress, seed_everything
+from ..engine import TrainSpec, train
+from ..utils import cache_dir, seed_everything
 
 # the real architectures the chapter counts parameters on (hub config values, built without weights)
 PAPER_LMS = {"bart-base": "facebook/bart-base", "t5-base": "google-t5/t5-base"}
@@ -257,45 +258,54 @@ def pretrain_tiny_lm(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig 
     clip = load_clip(TINY_NAME, TINY_TAG)
     feats = clip_grid_features(clip.model, clip.preprocess, images)
     model = VLModel(lm, tokenizer, feats.shape[-1])
-    opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=0.01, eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / pcfg.warmup) * max(0.0, 1 - s / pcfg.steps))
-    gen = torch.Generator().manual_seed(pcfg.seed)
+    spec = TrainSpec(steps=pcfg.steps, lr=pcfg.lr, weight_decay=0.01, no_decay="none", eps=1e-6, clip_grad=5.0,
+                     seed=pcfg.seed)
     text_ids = tokenizer(corpus, padding=True, return_tensors="pt")["input_ids"]
     hist = {"step": [], "denoise": [], "caption": [], "match": []}
-    t0 = time.time()
-    model.train()
-    for step in progress(range(pcfg.steps), desc="pretrain tiny VL-BART", disable=not show_progress):
-        # denoising: masked sentence in, sentence out (no image)
+
+    def draw(gen):   # one step's examples: a masked sentence, captioned images, matched and mismatched pairs
         rows = torch.randint(len(corpus), (pcfg.batch_size,), generator=gen)
         tgt = text_ids[rows]
         tgt = tgt[:, : int((tgt != tokenizer.pad_token_id).sum(1).max())]
         inp = _mask_words(tgt, tokenizer.mask_token_id, pcfg.mask_prob, gen)
-        lab = tgt.clone()
-        lab[lab == tokenizer.pad_token_id] = -100
-        l_text = lm(input_ids=inp, attention_mask=(inp != tokenizer.pad_token_id).long(), labels=lab).loss
-        # captioning: 'caption:' + one image's patch tokens in, a caption of that scene out
         idx = torch.randint(len(scenes), (pcfg.batch_size,), generator=gen).tolist()
-        ex = [vltasks.VLExample("caption", (i,), "", caps[i if k % 2 else len(scenes) + i], ())
-              for k, i in enumerate(idx)]
-        l_cap = model(collate(ex, feats, tokenizer))
-        # image-text matching: half the captions are another scene's, answered true / false
+        cap = [vltasks.VLExample("caption", (i,), "", caps[i if k % 2 else len(scenes) + i], ())
+               for k, i in enumerate(idx)]
         idx = torch.randint(len(scenes), (pcfg.batch_size,), generator=gen).tolist()
         other = torch.randint(len(scenes), (pcfg.batch_size,), generator=gen).tolist()
-        ex = [vltasks.VLExample("match", (i,), caps[i if k % 2 else o], "true" if k % 2 or caps[o] == caps[i]
-                                else "false", ()) for k, (i, o) in enumerate(zip(idx, other))]
-        l_match = model(collate(ex, feats, tokenizer))
-        loss = l_text + l_cap + l_match
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        if step % 25 == 0 or step == pcfg.steps - 1:
-            hist["step"].append(step)
-            hist["denoise"].append(float(l_text.detach()))
-            hist["caption"].append(float(l_cap.detach()))
-            hist["match"].append(float(l_match.detach()))
+        match = [vltasks.VLExample("match", (i,), caps[i if k % 2 else o], "true" if k % 2 or caps[o] == caps[i]
+                                   else "false", ()) for k, (i, o) in enumerate(zip(idx, other))]
+        return inp, tgt, cap, match
+
+    class Steps:   # drawn one step at a time, so the draws interleave with dropout as in a plain loop
+        def __init__(self, gen):
+            self.gen = gen
+
+        def __len__(self):
+            return pcfg.steps
+
+        def __iter__(self):
+            return (draw(self.gen) for _ in range(pcfg.steps))
+
+    def loss(m, batch):
+        inp, tgt, cap, match = batch
+        lab = tgt.clone()
+        lab[lab == tokenizer.pad_token_id] = -100
+        parts = {"denoise": lm(input_ids=inp, attention_mask=(inp != tokenizer.pad_token_id).long(), labels=lab).loss,
+                 "caption": m(collate(cap, feats, tokenizer)), "match": m(collate(match, feats, tokenizer))}
+        return parts["denoise"] + parts["caption"] + parts["match"], parts
+
+    def record(step) -> None:
+        if (step.step - 1) % 25 == 0 or step.step == pcfg.steps:
+            hist["step"].append(step.step - 1)
+            for k, v in step.parts.items():
+                hist[k].append(float(v.detach()))
+
+    t0 = time.time()
+    # the recipe seeded before drawing the initial weights; dropout goes on from there (reseed=False)
+    train(model, spec, lambda gen, shard: Steps(gen), loss, reseed=False, on_step=record, show_progress=show_progress,
+          lr_at=lambda s: pcfg.lr * (min(1.0, (s + 1) / pcfg.warmup) * max(0.0, 1 - s / pcfg.steps)),
+          desc="pretrain tiny VL-BART")
     hist["train_seconds"] = round(time.time() - t0, 1)
     model.eval()
     if out_dir is not None:

@@ -1,0 +1,132 @@
+"""The one training engine: its spec refuses what it cannot run, its schedules are the libraries' curves, the loss
+it records is the loss it trains on, and it is the only supervised training loop in the package."""
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from clipadapt.engine import NO_DECAY, TrainSpec, param_groups, train, warmup_ticks
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "clipadapt"
+
+
+def _problem(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return x, (x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) > 0).long()
+
+
+def _run(spec, model=None, **kw):
+    x, y = _problem()
+    torch.manual_seed(spec.seed)   # the initial weights are the caller's
+    model = model or nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+
+    def data(gen, shard):
+        return list(torch.randperm(len(x), generator=gen).split(spec.batch_size))
+
+    def loss(m, idx):
+        return nn.functional.cross_entropy(m(x[idx]), y[idx])
+    return model, train(model, spec, data, loss, **kw)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("schedule", "cosin", "schedule 'cosin': use one of"), ("precision", "no", "precision 'no': use one of"),
+    ("optimizer", "sgd", "optimizer 'sgd'"), ("warmup", 1.5, "share of the schedule"),
+    ("no_decay", "bias", "no_decay 'bias'"), ("tick", "batch", "tick 'batch'")])
+def test_a_spec_it_cannot_run_is_refused_with_the_valid_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainSpec(**{field: value})
+    with pytest.raises(ValueError, match="linear schedule ticks per step"):
+        TrainSpec(schedule="linear", tick="epoch")
+
+
+def test_warmup_is_a_share_of_the_schedule_in_whole_ticks():
+    assert [warmup_ticks(w, n) for w, n in ((0.1, 100), (1 / 7, 7), (0.1, 30), (0.1, 137), (50 / 1593, 1593))] == \
+        [10, 1, 3, 13, 50]
+
+
+def test_the_loss_falls_the_same_seed_gives_the_same_numbers_and_another_seed_others():
+    spec = TrainSpec(epochs=15, batch_size=16, lr=3e-2, warmup=0.0, eval_every=1)
+    (m1, a), (m2, b) = _run(spec), _run(spec)
+    assert a["losses"] == b["losses"] and all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
+    assert a["history"][-1]["loss"] < 0.5 * a["history"][0]["loss"]
+    assert a["steps"] == 15 * 4 == len(a["losses"])
+    assert _run(spec.replace(seed=1))[1]["losses"] != a["losses"]
+
+
+@pytest.fixture
+def stepped_lrs(monkeypatch):
+    """The learning rate of every real optimiser step (AdamW and Adam)."""
+    lrs = []
+    for cls in (torch.optim.AdamW, torch.optim.Adam):
+        def spy(self, *a, _orig=cls.step, **k):
+            lrs.append(self.param_groups[0]["lr"])
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(cls, "step", spy)
+    return lrs
+
+
+def test_the_schedules_are_timm_cosine_per_epoch_and_transformers_linear_per_step(stepped_lrs):
+    def cosine(t):   # timm, warmup_prefix=False: the cosine spans the whole length, warm-up overrides its start
+        return 1e-5 + 0.5 * (1e-2 - 1e-5) * (1 + math.cos(math.pi * t / 10))
+    _run(TrainSpec(epochs=10, batch_size=32, lr=1e-2, warmup=0.2, warmup_lr=1e-4, min_lr=1e-5), nn.Linear(4, 2))
+    assert stepped_lrs[0::2] == stepped_lrs[1::2], "the cosine moves once per epoch (2 batches each)"
+    assert stepped_lrs[0::2] == pytest.approx([1e-4, 1e-4 + (1e-2 - 1e-4) / 2] + [cosine(t) for t in range(2, 10)])
+    stepped_lrs.clear()
+    _run(TrainSpec(epochs=5, batch_size=32, lr=1e-2, schedule="linear", tick="step", warmup=0.2), nn.Linear(4, 2))
+    assert stepped_lrs == pytest.approx([0.0, 5e-3] + [1e-2 * (10 - s) / 8 for s in range(2, 10)])
+
+
+def test_no_decay_policies_pick_the_papers_parameters():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Embedding(3, 8))
+    names = lambda policy: sorted(n for n, p in model.named_parameters() if NO_DECAY[policy](model)(n, p))  # noqa
+    assert names("bias-norm") == ["0.bias", "1.bias", "1.weight"]
+    assert names("vectors-embeddings") == ["0.bias", "1.bias", "1.weight"]   # the embedding's name lacks the word
+    assert names("none") == []
+    groups = param_groups(model, TrainSpec(weight_decay=0.3, no_decay="bias-norm"))
+    assert [g["weight_decay"] for g in groups] == [0.3, 0.0] and [len(g["params"]) for g in groups] == [2, 3]
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_and_says_what_to_try():
+    x = torch.randn(8, 4)
+
+    def loss(m, idx):
+        return m(x[idx]).sum() * float("nan")
+    with pytest.raises(FloatingPointError, match="became nan at epoch 1, step 1; lower the learning rate"):
+        train(nn.Linear(4, 2), TrainSpec(epochs=1, batch_size=8), lambda g, s: [torch.arange(8)], loss)
+
+
+def test_nothing_to_train_is_refused():
+    model = nn.Linear(4, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(model, TrainSpec(epochs=1), lambda g, s: [0], lambda m, b: m.weight.sum())
+
+
+def test_gradient_accumulation_steps_once_per_group_and_clipping_bounds_the_gradient(stepped_lrs, monkeypatch):
+    _, run = _run(TrainSpec(epochs=2, batch_size=16, grad_accum=2, warmup=0.0, schedule="constant"))
+    assert run["steps"] == 8 and len(stepped_lrs) == 4, "8 batches, one optimiser step per 2"
+    norms = []
+
+    def spy(self, *a, _orig=torch.optim.Adam.step, **k):
+        norms.append(float(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"]]).norm()))
+        return _orig(self, *a, **k)
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    x = torch.randn(8, 4) * 1e3
+    for clip in (None, 1e-3):
+        train(nn.Linear(4, 2), TrainSpec(epochs=1, batch_size=8, optimizer="adam", clip_grad=clip, schedule="constant"),
+              lambda g, s: [torch.arange(8)], lambda m, idx: m(x[idx]).pow(2).mean())
+    assert norms[0] > 1.0 and norms[1] == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_one_supervised_training_loop_in_the_package():
+    """Optimiser steps on labelled data happen in the engine only; the others are test-time adaptation (an online
+    step per batch), SPT's sensitivity pass (gradients, no step) and the timing of one step in the benchmarks."""
+    allowed = {"engine.py", "methods/tta.py", "methods/tpt.py", "arena/robustness.py", "methods/spt.py", "costs.py",
+               "bench.py"}
+    found = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if re.search(r"\.backward\(", p.read_text())}
+    assert found <= allowed, f"a training loop outside the engine: {sorted(found - allowed)}"
+    steps = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if re.search(r"\bopt\w*\.step\(\)", p.read_text())}
+    assert steps <= allowed - {"methods/spt.py"}, sorted(steps)
