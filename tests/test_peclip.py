@@ -147,7 +147,7 @@ def test_too_short_clips_are_refused_with_the_reason():
         clips.make_clips(2, frames=4)
 
 
-def test_ablation_variants_train_what_they_name_and_select_on_validation():
+def test_ablation_variants_train_what_they_name_and_select_on_validation(tmp_path):
     from clipadapt.data.clips import EXPRESSIONS
     from clipadapt.engine import TrainSpec
     tok = lambda texts: torch.randint(1, 90, (len(texts), 12))
@@ -193,6 +193,21 @@ def test_ablation_variants_train_what_they_name_and_select_on_validation():
     assert (row["uar"], row["war"]) == pytest.approx(uar_war(row["pred"], y, 7))   # the restored weights' scores
     assert row["memory_mb"] > 0 and row["s_per_step"] > 0
     assert np.isnan(df.set_index("variant").loc["zero-shot, AU texts"]["s_per_step"])
+
+    # with a job store the same ablation is read back, not trained, and the kept model is the trained one
+    from clipadapt.checkpoints import JobStore
+    args = dict(fit_cfg=fit, cfg=peclip.AblationConfig(depth=2), show_progress=False, keep=("ShA + TDA",),
+                store=JobStore(tmp_path), key=("fold1",))
+    first = peclip.ablation(load, data, v, **args)
+    assert JobStore(tmp_path).path("fold1", "ShA + TDA", 0).exists()
+    import clipadapt.finetune as ft
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft, "fit_classifier", lambda *a, **k: pytest.fail("a stored job trained again"))
+        again = peclip.ablation(load, data, v, **args)
+    assert again[["variant", "uar", "war", "epoch"]].equals(first[["variant", "uar", "war", "epoch"]])
+    x = data["test"].tensors[0][:4]
+    with torch.no_grad():
+        assert torch.equal(again.model[0](x), first.model[0](x))
 
 
 def _fake_dfew(root, n_train, n_test, folds=(1,), n_frames=6, size=8):

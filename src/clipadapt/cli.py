@@ -5,6 +5,7 @@
     clipadapt book build --profile ci # the book (also: run, check, colab); same as python -m clipadapt.book
     clipadapt sweep list FILE         # sweeps over papermill runs; same as python -m clipadapt.sweep
     clipadapt arena bench             # the arena's efficiency ratios; same as python -m clipadapt.arena
+    clipadapt golden [--write]        # each chapter's ci numbers against tests/golden (what moved, by how much)
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"methods": "list the registered methods", "book": "build the book (python -m clipadapt.book)",
                 "sweep": "sweeps of notebook runs (python -m clipadapt.sweep)",
-                "arena": "the arena's benchmark (python -m clipadapt.arena)"}
+                "arena": "the arena's benchmark (python -m clipadapt.arena)",
+                "golden": "chapters' ci numbers against their golden records (tests/golden)"}
     if not argv or argv[0] not in commands:
         usage = "\n".join(f"  {k:8s} {v}" for k, v in commands.items())
         print(f"usage: clipadapt COMMAND [ARGS]\n\ncommands:\n{usage}\n\n`clipadapt COMMAND --help` for one command.",
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "methods":
         return methods(rest)
+    if cmd == "golden":
+        from .chapters import golden
+        return golden.main(rest)
     if cmd == "book":
         from . import book
         book.main(rest)

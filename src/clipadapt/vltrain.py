@@ -14,6 +14,7 @@ import torch
 from .bench import count_parameters, training_memory
 from .data.vltasks import TASKS
 from .eval import cider, normalize_answer
+from .checkpoints import JobStore, load_weights
 from .engine import TrainSpec, train
 from .methods.vlpet import METHODS, BaselineConfig, apply_method, to_device
 from .models.seq2seq import collate
@@ -101,20 +102,25 @@ def evaluate_vl(model, split, feats, cfg: Decoding = Decoding(), device: str = "
 def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainSpec | None = None,
             seeds_for: dict[str, tuple] | None = None, show_progress: bool = True, keep=(),
             baseline: BaselineConfig = BaselineConfig(), device: str = "cpu", lr_full: float = 1e-4,
-            decode: Decoding = Decoding()):
+            decode: Decoding = Decoding(), store: JobStore | None = None):
     """Train every method from a fresh copy of the pretrained model (`load_model()` returns a `VLModel`) on
     data["train"] and score it on data["test"] (each a `VLSplit`, with features in data["train_feats"] /
-    data["test_feats"]), full fine-tuning at `lr_full`. `baseline` sizes the baselines. `seeds_for` gives some methods other seeds (e.g. one seed for the rows no claim compares).
+    data["test_feats"]), full fine-tuning at `lr_full`. `baseline` sizes the baselines. `seeds_for` gives some
+    methods other seeds (e.g. one seed for the rows no claim compares).
     Rows: method, seed, the four task scores and their average, trainable parameters and share, training memory of
     one step (MiB), seconds per step, the loss curve and the predictions; for methods in `keep`, the trained model
-    of the first seed."""
+    of the first seed. `store` keeps each (method, seed) job's row and trained weights: a stopped run resumes there."""
     cfg = cfg or recipe()
     seeds_for = seeds_for or {}
     jobs = [(m, s) for m in methods for s in seeds_for.get(m, seeds)]
-    rows = []
-    for method, seed in progress(jobs, desc="VL-PET comparison", disable=not show_progress):
+    rows, store, trained = [], store if store is not None else JobStore(None), {}
+
+    def build(method, seed):
         seed_everything(seed)
-        model = apply_method(load_model(), method, base=baseline).to(device)
+        return apply_method(load_model(), method, base=baseline).to(device)
+
+    def job(method, seed):
+        trained["model"] = model = build(method, seed)
         pc = count_parameters(model)
         ex = data["train"].of_task("vqa")[:cfg.batch_size]
         model.train()
@@ -128,7 +134,13 @@ def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainSpec 
         row = {"method": method, "seed": seed, **{k: v for k, v in scores.items() if k != "pred"},
                "trainable": pc.trainable, "trainable_pct": 100 * pc.fraction, "memory_mb": mem["total_mb"],
                "s_per_step": train_s / len(losses), "loss": losses, "pred": scores["pred"]}
+        return row, model, {}
+
+    for method, seed in progress(jobs, desc="VL-PET comparison", disable=not show_progress):
+        trained.clear()
+        done, stored = store.run((method, seed), lambda: job(method, seed))
+        row = dict(done["row"])
         if method in keep and seed == seeds_for.get(method, seeds)[0]:
-            row["model"] = model
+            row["model"] = load_weights(build(method, seed), done["weights"]).eval() if stored else trained["model"]
         rows.append(row)
     return pd.DataFrame(rows)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ..checkpoints import JobStore
 from ..profiles import activate, get_profile
 from ..results import RunRecord, glue
 from ..utils import atomic_write, cache_dir, seed_everything
@@ -176,6 +177,14 @@ class Result:
         """Every name `glue` pastes: the texts and each claim's verdict and spread in both languages."""
         return set(self.texts) | {f"{c}_{kind}_{lang}" for c in self.claims for kind in ("verdict", "spread")
                                   for lang in ("en", "ja")}
+
+    @property
+    def jobs(self) -> JobStore:
+        """Checkpoints of this run's training jobs (per method and seed), keyed like its cached result; with
+        `CLIPADAPT_RERUN=1` nothing is read back or kept."""
+        if os.environ.get("CLIPADAPT_RERUN") == "1":
+            return JobStore(None)
+        return JobStore(cache_dir() / "checkpoints" / cache_path(self.record.notebook, self.setup).stem)
 
     def save(self, root: str | Path | None = None) -> Path:
         """Write the book's record, results/<chapter>.<profile>.json (what the reproduction report reads)."""

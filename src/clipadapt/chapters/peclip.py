@@ -164,7 +164,8 @@ def compute(s: Setup, r: core.Result) -> None:
         for names, run_seeds in plan:
             if names:
                 df = peclip.ablation(load, data, {v: peclip.VARIANTS[v] for v in names}, run_seeds, fit, cfg,
-                                     keep=("PE-CLIP",) if fold == first_fold else ())
+                                     keep=("PE-CLIP",) if fold == first_fold else (), store=r.jobs,
+                                     key=(f"fold{fold}",))
                 runs.append(df.assign(fold=fold))
     runs = pd.concat(runs, ignore_index=True)
     r.add_table("runs", runs.drop(columns=["pred", "history", "model"], errors="ignore"), index=False)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..data import fgvc, vtab
 from ..engine import TrainSpec
+from ..checkpoints import JobStore
 from ..finetune import fit_classifier
 from ..methods import spt
 from ..models.vit import PAPER_VIT, load_vit
@@ -96,7 +97,8 @@ def methods(s: Setup) -> dict[str, dict]:
     return {**claim, **{k: {**v, "seeds": [s.seed]} for k, v in extras.items()}}
 
 
-def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit_cfg=None, show_progress: bool = True):
+def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit_cfg=None, show_progress: bool = True,
+                    store: JobStore | None = None):
     """Fine-tune every method on every task and seed from a fresh backbone; a tidy DataFrame and the allocations.
 
     `load_model(num_classes)` returns a `clipadapt.models.vit.LoadedViT`; `tasks` are `clipadapt.data.vtab.Task`s;
@@ -105,6 +107,7 @@ def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit
     authors do, each candidate trains on train800 and is scored on val200, and the best one (per task and seed)
     trains on train800 + val200 for the test. Rows: task, group, method, seed, budget, trainable, best and last test
     accuracy (%), seconds per step and per epoch, ranking seconds, peak training memory (MiB, GPU only).
+    `store` keeps each (task, method, seed) job's row, allocation and trained weights: a stopped run resumes there.
     """
     fit_cfg = fit_cfg or TrainSpec()
     rows, allocations = [], {}
@@ -117,7 +120,7 @@ def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit
         model = load_model(data["k"]).model
         info = spt.prepare(spec["method"], model, train, budget=budget, seed=seed,
                        **{k: v for k, v in spec.items() if k not in ("method", "budget", "seeds")})
-        return info, fit_classifier(model, train, test, dataclasses.replace(fit_cfg, seed=seed))
+        return info, fit_classifier(model, train, test, dataclasses.replace(fit_cfg, seed=seed)), model
 
     for task, label, seed in progress(jobs, desc="fine-tuning runs", disable=not show_progress):
         if data.get("task") != task.name:   # images of one task are prepared once for all its runs
@@ -126,20 +129,24 @@ def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit
                     "trainval": lv.dataset(task.x_trainval, task.y_trainval), "test": lv.dataset(task.x_test, task.y_test)}
             if selecting:
                 data.update(train=lv.dataset(task.x_train, task.y_train), val=lv.dataset(task.x_val, task.y_val))
-        spec = methods[label]
-        budgets = spec.get("budget")
-        if isinstance(budgets, (list, tuple)):   # choose the budget on val200
-            val = {b: fit_one(spec, b, seed, data["train"], data["val"])[1]["best"] for b in budgets}
-            budget = max(val, key=val.get)
-        else:
-            budget = budgets
-        info, r = fit_one(spec, budget, seed, data["trainval"], data["test"])
-        if info["allocation"] is not None:
-            allocations[(task.name, label, seed)] = info["allocation"]
-        rows.append({"task": task.name, "group": task.group, "method": label, "seed": seed, "budget": budget,
-                     "trainable": info["trainable"], "best": r["best"], "last": r["last"],
-                     "s_per_step": r["s_per_step"], "s_per_epoch": r["s_per_epoch"], "ranking_s": info["ranking_s"],
-                     "peak_mem_mb": r["peak_mem_mb"]})
+
+        def job(spec=methods[label], task=task, label=label, seed=seed):
+            budgets = spec.get("budget")
+            if isinstance(budgets, (list, tuple)):   # choose the budget on val200
+                val = {b: fit_one(spec, b, seed, data["train"], data["val"])[1]["best"] for b in budgets}
+                budget = max(val, key=val.get)
+            else:
+                budget = budgets
+            info, r, model = fit_one(spec, budget, seed, data["trainval"], data["test"])
+            row = {"task": task.name, "group": task.group, "method": label, "seed": seed, "budget": budget,
+                   "trainable": info["trainable"], "best": r["best"], "last": r["last"], "s_per_step": r["s_per_step"],
+                   "s_per_epoch": r["s_per_epoch"], "ranking_s": info["ranking_s"], "peak_mem_mb": r["peak_mem_mb"]}
+            return row, model, {"allocation": info["allocation"]}
+
+        done, _ = (store if store is not None else JobStore(None)).run((task.name, label, seed), job)
+        if done["allocation"] is not None:
+            allocations[(task.name, label, seed)] = done["allocation"]
+        rows.append(done["row"])
     return pd.DataFrame(rows), allocations
 
 
@@ -188,7 +195,7 @@ def compute(s: Setup, r: core.Result) -> None:
     load = lambda n_classes: load_vit(s.profile, n_classes, s.model, checkpoint=s.checkpoint)   # noqa: E731
     fit = TrainSpec(epochs=s.epochs, lr=s.lr, warmup=min(1.0, s.warmup_epochs / s.epochs), num_workers=s.num_workers)
     ms = methods(s)
-    res, allocations = suite_benchmark(load, ts, ms, seeds, fit)
+    res, allocations = suite_benchmark(load, ts, ms, seeds, fit, store=r.jobs)
     r.add_table("runs", res, index=False)
 
     # the comparison: per task, per group, the VTAB mean and its spread

@@ -157,7 +157,8 @@ def compute(s: Setup, r: core.Result) -> None:
     untrained = vltrain.evaluate_vl(base, d["test"], d["test_feats"], device=device)
     seeds_for = {m: run_seeds[:1] for m in methods if m not in COMPARED}
     runs = vltrain.compare(lambda: copy.deepcopy(base), d, methods, run_seeds, cfg, seeds_for=seeds_for,
-                           lr_full=lr_full, baseline=baseline, keep=[f"vl-pet-{g}" for g in vlpet.GRANULARITIES], device=device)
+                           lr_full=lr_full, baseline=baseline, store=r.jobs, device=device,
+                           keep=[f"vl-pet-{g}" for g in vlpet.GRANULARITIES])
     runs = pd.concat([pd.DataFrame([{"method": "pretrained, no training", "seed": run_seeds[0], "trainable": 0,
                                      "trainable_pct": 0.0, **{k: v for k, v in untrained.items() if k != "pred"},
                                      "pred": untrained["pred"]}]), runs], ignore_index=True)

@@ -336,19 +336,22 @@ N_CLASSES = 7
 
 
 def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, seeds=(0,), fit_cfg=None,
-             cfg: AblationConfig | None = None, expressions=None, show_progress: bool = True, keep=()):
+             cfg: AblationConfig | None = None, expressions=None, show_progress: bool = True, keep=(),
+             store=None, key=()):
     """Train and test every variant from a fresh CLIP per seed. `load_clip()` returns a `LoadedCLIP`; `data` has
     list-indexed "train", "val" and "test" video datasets. The model is selected on validation UAR (the official
     script selects on the test split). Rows: variant, seed, UAR and WAR (%) of the selected epoch, trainable
     parameters, training memory of one step (MiB: weights, gradients + Adam state, saved activations), seconds per
     step, and the test predictions (for the confusion matrix); for the variants named in `keep`, the trained model of
-    the first seed (column "model")."""
+    the first seed (column "model"). `store` (a `clipadapt.checkpoints.JobStore`) keeps each (*key, variant, seed)
+    job's row and trained weights: a stopped run resumes there."""
     import dataclasses
     import time
 
     import pandas as pd
 
     from ..bench import count_parameters, training_memory
+    from ..checkpoints import JobStore, load_weights
     from ..data.clips import EXPRESSIONS
     from ..engine import TrainSpec
     from ..finetune import batches, fit_classifier, labels_of, predict
@@ -357,14 +360,18 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
     cfg, fit_cfg = cfg or AblationConfig(), fit_cfg or TrainSpec()
     expressions = tuple(expressions or EXPRESSIONS)
     y_test = labels_of(data["test"]).numpy()
-    rows = []
+    rows, store, trained = [], store if store is not None else JobStore(None), {}
     jobs = [(label, seed) for label in variants for seed in seeds]
-    for label, seed in progress(jobs, desc="PE-CLIP ablation", disable=not show_progress):
+
+    def build(label, seed):
         seed_everything(seed)
-        v = variants[label]
         bb = load_clip()
-        method, model = build_variant(v, bb.model, bb.tokenizer, expressions, n_ctx=cfg.n_ctx, depth=cfg.depth,
-                                      lr_prompts=cfg.lr_prompts)
+        return build_variant(variants[label], bb.model, bb.tokenizer, expressions, n_ctx=cfg.n_ctx, depth=cfg.depth,
+                             lr_prompts=cfg.lr_prompts)
+
+    def job(label, seed):
+        method, model = build(label, seed)
+        trained["model"] = model
         row = {"variant": label, "seed": seed, "trainable": count_parameters(model).trainable}
         x0, y0 = next(iter(batches(data["train"], fit_cfg.batch_size)))
         if method.family == "zero-shot":
@@ -380,7 +387,13 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
             pred = predict(model, data["test"], batch_size=fit_cfg.batch_size)   # the selected epoch's weights
             row.update(r["selected"], s_per_step=r["s_per_step"], memory_mb=mem["total_mb"], history=r["history"])
         row["pred"] = pred
+        return row, (model if method.family != "zero-shot" else None), {}
+
+    for label, seed in progress(jobs, desc="PE-CLIP ablation", disable=not show_progress):
+        trained.clear()
+        done, stored = store.run((*key, label, seed), lambda: job(label, seed))
+        row = dict(done["row"])
         if label in keep and seed == seeds[0]:
-            row["model"] = model
+            row["model"] = (load_weights(build(label, seed)[1], done["weights"]) if stored else trained["model"]).eval()
         rows.append(row)
     return pd.DataFrame(rows)

@@ -1,0 +1,96 @@
+"""Golden records: every chapter's `ci` numbers kept in the repository (tests/golden/<chapter>.ci.json), so a change
+that moves a number is seen even when the claims still hold (open_clip's regression-test style).
+
+A record holds the run's metrics and each claim's per-seed differences and outcome. A new run matches it when every
+metric and difference is within the stated tolerance (absolute `abs` or relative `rel`, whichever is larger: the
+same code on another machine may sum floats in another order, and training carries that into the last digits of an
+accuracy; 0.5 in the metric's unit, 0.01 for scores between 0 and 1, or 2%), no claim changes its outcome, and no metric appears or disappears. Metrics that measure the machine
+(times, memory) are not kept. When a change is meant to move the numbers, write the records again with
+`clipadapt golden --write` and say in the commit which numbers moved and by how much (`clipadapt golden` prints it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from ..utils import atomic_write
+from .core import Result
+
+# absolute in the metric's unit (points for accuracies and their differences), for 0-1 scores (AUC, shares) `abs01`
+TOLERANCE = {"abs": 0.5, "rel": 0.02, "abs01": 0.01, "scores01": "auc|share|fraction"}
+MACHINE = re.compile(r"minutes|seconds|s_per|_mb\b|memory|wall|gib|_s\b|time|per_batch|per_image|vs_epoch", re.I)
+ROOT = Path(__file__).resolve().parents[3] / "tests" / "golden"
+
+
+def record_of(result: Result) -> dict:
+    """The golden record of a chapter run: its metrics (without the machine's) and claims."""
+    return {"chapter": result.record.notebook, "profile": result.record.profile, "tolerance": TOLERANCE,
+            "metrics": {k: v for k, v in sorted(result.metrics.items()) if not MACHINE.search(k)},
+            "claims": {k: {"per_seed": c.per_seed, "outcome": c.outcome} for k, c in sorted(result.claims.items())}}
+
+
+def path_of(chapter_notebook: str, profile: str = "ci", root: Path | None = None) -> Path:
+    return (root or ROOT) / f"{chapter_notebook}.{profile}.json"
+
+
+def write(result: Result, root: Path | None = None) -> Path:
+    path = path_of(result.record.notebook, result.record.profile, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record_of(result), indent=1, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda p: p.write_text(text))
+    return path
+
+
+def _close(a: float, b: float, tol: dict, name: str = "") -> bool:
+    floor = tol["abs01"] if re.search(tol["scores01"], name, re.I) else tol["abs"]
+    return math.isfinite(a) and abs(a - b) <= max(floor, tol["rel"] * abs(b))
+
+
+def differences(result: Result, root: Path | None = None) -> list[str]:
+    """What differs between a run and its golden record, one line each (empty: it matches)."""
+    path = path_of(result.record.notebook, result.record.profile, root)
+    if not path.exists():
+        return [f"no golden record at {path}: write it with `clipadapt golden --write`"]
+    gold, new = json.loads(path.read_text()), record_of(result)
+    tol = gold.get("tolerance", TOLERANCE)
+    out = [f"metric {k!r} is new (not in the golden record)" for k in sorted(set(new["metrics"]) - set(gold["metrics"]))]
+    out += [f"metric {k!r} is gone (in the golden record)" for k in sorted(set(gold["metrics"]) - set(new["metrics"]))]
+    out += [f"metric {k!r}: {new['metrics'][k]:.4g}, golden {v:.4g} (moved {new['metrics'][k] - v:+.3g})"
+            for k, v in gold["metrics"].items() if k in new["metrics"] and not _close(new["metrics"][k], v, tol, k)]
+    for k, g in gold["claims"].items():
+        c = new["claims"].get(k)
+        if c is None:
+            out.append(f"claim {k!r} is gone")
+        elif c["outcome"] != g["outcome"]:
+            out.append(f"claim {k!r}: {c['outcome']}, golden {g['outcome']}")
+        elif len(c["per_seed"]) != len(g["per_seed"]) or not all(
+                _close(a, b, tol) for a, b in zip(c["per_seed"], g["per_seed"])):
+            out.append(f"claim {k!r}: per seed {[round(x, 3) for x in c['per_seed']]}, golden "
+                       f"{[round(x, 3) for x in g['per_seed']]}")
+    out += [f"claim {k!r} is new" for k in sorted(set(new["claims"]) - set(gold["claims"]))]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`clipadapt golden [--write] [CHAPTER ...]`: compare each chapter's ci run (cached, or run now) with its golden
+    record and print what moved; `--write` stores the runs as the new records."""
+    import argparse
+
+    from . import CHAPTERS, get
+    ap = argparse.ArgumentParser(prog="clipadapt golden", description=main.__doc__)
+    ap.add_argument("chapters", nargs="*", help=f"chapters (default: all): {', '.join(CHAPTERS)}")
+    ap.add_argument("--write", action="store_true", help="store the runs as the golden records")
+    a = ap.parse_args(argv)
+    bad = 0
+    for name in a.chapters or list(CHAPTERS):
+        ch = get(name)
+        result = ch.run(ch.setup("ci"))
+        if a.write:
+            print(f"{name}: wrote {write(result)}")
+            continue
+        diff = differences(result)
+        bad += bool(diff)
+        print(f"{name}: " + ("matches its golden record" if not diff else "\n  " + "\n  ".join(diff)))
+    return 1 if bad else 0

@@ -1,0 +1,56 @@
+"""Golden records: every chapter's ci numbers match tests/golden within the stated tolerance, and the comparison
+reports what moved (a number, a claim's outcome, a metric that appeared or went)."""
+import copy
+
+import pytest
+
+from clipadapt import chapters
+from clipadapt.chapters import golden
+from clipadapt.chapters.core import Result
+from clipadapt.results import RunRecord
+
+
+def _result(**metrics):
+    r = Result(RunRecord("99_demo", "ci", 0), None)
+    for k, v in {"acc[a]": 70.0, "acc[b]": 60.0, "auc_mean": 0.70, "train_minutes": 3.0, **metrics}.items():
+        r.log(k, v)
+    r.claim("a_beats_b", "a beats b", "a が b を上回る", [10.0, 9.0])
+    return r
+
+
+def test_a_run_matches_its_own_record_and_machine_metrics_are_not_kept(tmp_path):
+    path = golden.write(_result(), tmp_path)
+    assert path.name == "99_demo.ci.json"
+    assert golden.differences(_result(), tmp_path) == []
+    assert "train_minutes" not in golden.record_of(_result())["metrics"]
+    assert golden.differences(_result(train_minutes=30.0), tmp_path) == []
+
+
+def test_moves_beyond_the_tolerance_are_named_with_their_size(tmp_path):
+    golden.write(_result(), tmp_path)
+    assert golden.differences(_result(**{"acc[a]": 70.4, "auc_mean": 0.705}), tmp_path) == []   # within 0.5 / 0.01
+    diff = golden.differences(_result(**{"acc[a]": 72.0, "auc_mean": 0.72}), tmp_path)
+    assert diff == ["metric 'acc[a]': 72, golden 70 (moved +2)", "metric 'auc_mean': 0.72, golden 0.7 (moved +0.02)"]
+    new = _result(**{"acc[c]": 1.0})
+    new.claim("a_beats_b", "a beats b", "a が b を上回る", [10.0, -1.0])
+    assert golden.differences(new, tmp_path) == ["metric 'acc[c]' is new (not in the golden record)",
+                                                 "claim 'a_beats_b': some, golden every"]
+    gone = copy.deepcopy(_result())
+    del gone.record.metrics["acc[b]"]
+    gone.record.info["claims"] = []
+    assert golden.differences(gone, tmp_path) == ["metric 'acc[b]' is gone (in the golden record)",
+                                                  "claim 'a_beats_b' is gone"]
+
+
+def test_a_missing_record_says_how_to_write_it(tmp_path):
+    assert golden.differences(_result(), tmp_path) == [
+        f"no golden record at {tmp_path / '99_demo.ci.json'}: write it with `clipadapt golden --write`"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(chapters.CHAPTERS))
+def test_chapter_numbers_match_their_golden_record(tiny, name):
+    ch = chapters.get(name)
+    diff = golden.differences(ch.run(ch.setup("ci")))
+    assert not diff, (f"{name} moved from tests/golden (if the change is meant, run `clipadapt golden --write "
+                      f"{name}` and say what moved in the commit):\n  " + "\n  ".join(diff))
