@@ -29,7 +29,7 @@ if mode == "fit":
                                    grad_accum=accum))
     result = {"history": out["history"], "best": out["best"], "last": out["last"]}
 elif mode == "tta":   # fake CIFAR-10-C under DATA_ROOT (tests/test_accelerate.py writes it), the tiny CLIP
-    from clipadapt.methods.batclip import bench_setup
+    from clipadapt.chapters.batclip import bench_setup
     from clipadapt.methods.tta import corruption_benchmark
     from clipadapt.models import TINY_NAME, TINY_TAG, load_clip
     s = bench_setup("paper", "cifar10-c", data_root=rest[0])

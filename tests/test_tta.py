@@ -195,7 +195,7 @@ def test_tpt_refuses_continual_mode(clip):
 # ---- the chapter's set-ups and the benchmark loop on both profiles' sources
 
 def test_bench_setup_follows_the_official_configs_and_refuses_unknown_datasets(tmp_path):
-    from clipadapt.methods.batclip import bench_setup
+    from clipadapt.chapters.batclip import bench_setup
     s = bench_setup("paper", "cifar100-c", data_root=tmp_path)
     assert (s.batch_size, s.optim) == (200, {"optimizer": "adam", "lr": 5e-4, "weight_decay": 0.01})
     assert bench_setup("paper", "imagenet-c", n_images=5000).source.name == "ImageNet-C (5,000-image subset)"
@@ -208,7 +208,7 @@ def test_bench_setup_follows_the_official_configs_and_refuses_unknown_datasets(t
 def test_benchmark_runs_on_fake_cifar10c_in_the_release_layout(tmp_path, clip):
     # the paper profile's data path, on 8 fake images per severity in the real on-disk layout
     from clipadapt.data.real import DatasetMissingError
-    from clipadapt.methods.batclip import bench_setup
+    from clipadapt.chapters.batclip import bench_setup
     from clipadapt.methods.tta import corruption_benchmark
     folder = tmp_path / "CIFAR-10-C"
     folder.mkdir()

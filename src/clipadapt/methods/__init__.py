@@ -8,7 +8,7 @@ An unknown name is an error that lists the closest registered names.
 """
 from __future__ import annotations
 
-from . import baselines, batclip, contrastive_da, peclip, spt, tpt, tta, vlpet  # noqa: F401  (they register)
+from . import baselines, batclip, contrastive_da, peclip, spt, spt_controls, tpt, tta, vlpet  # noqa: F401
 from .registry import build_method, known_methods, load_trained, method_class, method_table, register
 
 __all__ = ["build_method", "known_methods", "load_trained", "method_class", "method_table", "register"]

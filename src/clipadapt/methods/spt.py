@@ -384,30 +384,6 @@ class SPTAdapter(SPT):
     structured_kind = "adapter"
 
 
-@register("spt-unstructured", "SPT, sparse entries only")
-class SPTUnstructured(SPT):
-    """SPT's ablation: the budget goes to sparse entries only (alpha = 0, no structured module)."""
-    alpha = 0.0
-
-
-@register("spt-structured", "SPT, structured only")
-class SPTStructured(SPT):
-    """SPT's ablation: every matrix with a sensitive entry gets a LoRA module (alpha = inf)."""
-    alpha = float("inf")
-
-
-@register("random-mask", "random mask")
-class RandomMask(SPT):
-    """Control: SPT's allocation from a random ranking instead of sensitivity."""
-    scores, needs_data = "random", False
-
-
-@register("magnitude-mask", "magnitude mask")
-class MagnitudeMask(SPT):
-    """Control: SPT's allocation from |w| instead of sensitivity."""
-    scores, needs_data = "magnitude", False
-
-
 # ---- one entry point for the chapter: every method by registry name on the same backbone
 
 PEFT_METHODS = ("linear-probe", "full-finetune", "lora", "adapter", "spt-lora", "spt-adapter", "spt-unstructured",
