@@ -141,3 +141,48 @@ def test_a_vl_comparison_reads_stored_jobs_and_rebuilds_the_kept_model(tmp_path,
     batch = seq2seq.collate(split.examples[:4], feats, model0.tokenizer)
     with torch.no_grad():
         assert torch.equal(again.model[0](batch), first.model[0](batch)), "the kept model is the trained one"
+
+
+def test_an_arena_run_reads_stored_jobs_back_with_their_weights(tmp_path, monkeypatch):
+    from clipadapt import arena
+    from clipadapt.arena import core as arena_core
+    from clipadapt.data import vtab
+    from clipadapt.engine import TrainSpec
+    task = vtab.load_task("digits", n_test=20)
+    cfg = arena.ArenaConfig(shots=2, fit=TrainSpec(epochs=1, lr=3e-3, warmup=0.0, batch_size=16, eval_every=1))
+    store = JobStore(tmp_path)
+    first = arena.run(["LoRA", "zero-shot"], [task], seeds=(0,), cfg=cfg, show_progress=False, store=store, key=("k",))
+    assert store.path("k", "digits", "LoRA", 0).exists() and store.get("k", "digits", "zero-shot", 0)["weights"] == {}
+    weights = store.get("k", "digits", "LoRA", 0)["weights"]
+    assert any("lora" in n for n in weights)
+    assert sum(w.numel() for w in weights.values()) == first.set_index("method").loc["LoRA", "trainable"]
+    import clipadapt.finetune as ft
+    monkeypatch.setattr(ft, "fit_classifier", lambda *a, **k: pytest.fail("a stored job trained again"))
+    again = list(arena_core._runs(["LoRA"], [task], (0,), cfg, "ci", False, store=store,
+                                  key=("k",)))
+    (_, _, _, built, row), = again
+    assert row["value"] == first.set_index("method").loc["LoRA", "value"]
+    model = dict(built.model.named_parameters())
+    assert all(torch.equal(model[n], w) for n, w in weights.items()), "the adapted model carries the stored weights"
+
+
+def test_a_finished_chapter_run_removes_its_checkpoints_unless_asked_to_keep_them(tmp_path, monkeypatch):
+    from clipadapt.chapters import core
+    monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path))
+
+    @dataclass(frozen=True)
+    class Setup:
+        profile: str = "ci"
+        seed: int = 0
+        size: int = 1
+    folders = []
+
+    def compute(s, r):
+        r.jobs.put("m", 0, row={"x": 1.0}, model=_trained_model())
+        folders.append(r.jobs.folder)
+        r.log("x", 1.0)
+    core.run("99_demo", compute, Setup())
+    assert folders[0].parent == tmp_path / "checkpoints" and not folders[0].exists()
+    monkeypatch.setenv("CLIPADAPT_KEEP_CHECKPOINTS", "1")
+    core.run("99_demo", compute, Setup(size=2))
+    assert folders[1].exists() and JobStore(folders[1]).count() == 1

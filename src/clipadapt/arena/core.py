@@ -221,20 +221,25 @@ def step_memory_mb(model: nn.Module, data, batch_size: int) -> float:
 
 
 def run(methods, tasks, seeds=(0, 1, 2), cfg: ArenaConfig | None = None, profile: str = "ci",
-        show_progress: bool = True):
+        show_progress: bool = True, store=None, key=()):
     """Adapt every method to every task from a fresh backbone per seed; a tidy DataFrame, one row per run.
 
     `tasks`: `clipadapt.data.vtab.Task`s. Columns: method, family, chapter, task, group, seed, metric ("accuracy"),
     value (%), trainable, total, stored (parameters), train_mb (memory of one training step), s_per_step,
-    adapt_s (preparation + training seconds), shots.
+    adapt_s (preparation + training seconds), shots. `store` (a `clipadapt.checkpoints.JobStore`) keeps each
+    (*key, task, method, seed) job's row and trained weights: a stopped run resumes there.
     """
     import pandas as pd
-    return pd.DataFrame([row for *_, row in _runs(methods, tasks, seeds, cfg or ArenaConfig(), profile, show_progress)])
+    return pd.DataFrame([row for *_, row in _runs(methods, tasks, seeds, cfg or ArenaConfig(), profile, show_progress,
+                                                  store=store, key=key)])
 
 
-def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: bool, desc: str = "arena runs"):
-    """Yield (task, method, seed, built, row) for every task, seed and method: the adapted model and its table row."""
+def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: bool, desc: str = "arena runs",
+          store=None, key=()):
+    """Yield (task, method, seed, built, row) for every task, seed and method: the adapted model and its table row
+    (read back from `store` with its trained weights when the job is stored)."""
     from ..bench import count_parameters
+    from ..checkpoints import JobStore, load_weights
     from ..data.vtab import has_class_names
     from ..finetune import fit_classifier, predict
     from ..models.loader import load_backbone
@@ -261,26 +266,34 @@ def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: 
         t0 = time.perf_counter()
         built = build(method, ctx)
         built.model.to(device)
-        counts = count_parameters(built.model)
-        stored = built.stored
-        if built.fit is not None:   # frozen embeddings and a small head of its own
-            r = built.fit(data["train"], data["test"], seed)
-            value, train_mb, s_step, stored = r["value"], r["train_mb"], r["s_per_step"], r["stored"]
-            counts = type(counts)(r["trainable"], counts.total + r["trainable"])
-        elif counts.trainable:
-            train_mb = step_memory_mb(built.model, data["train"], cfg.fit.batch_size)
-            lr = cfg.fit.lr * (cfg.full_lr_scale if method.family == "full" else 1.0)
-            fit = dataclasses.replace(cfg.fit, seed=seed, lr=lr)
-            r = fit_classifier(built.model, data["train"], data["test"], fit, param_groups=built.param_groups)
-            value, s_step = r["last"], r["s_per_step"]
-        else:
-            train_mb, s_step = float("nan"), float("nan")
-            value = 100 * float(np.mean(predict(built.model, data["test"]) == task.y_test))
-        yield task, method, seed, built, {
-            "method": method.name, "family": method.family, "chapter": method.chapter, "task": task.name,
-            "group": task.group, "seed": seed, "metric": "accuracy", "value": value, "trainable": counts.trainable,
-            "total": counts.total, "stored": stored, "train_mb": train_mb, "s_per_step": s_step,
-            "adapt_s": time.perf_counter() - t0, "shots": cfg.shots}
+
+        def job(task=task, method=method, seed=seed, built=built):
+            counts = count_parameters(built.model)
+            stored = built.stored
+            if built.fit is not None:   # frozen embeddings and a small head of its own
+                r = built.fit(data["train"], data["test"], seed)
+                value, train_mb, s_step, stored = r["value"], r["train_mb"], r["s_per_step"], r["stored"]
+                counts = type(counts)(r["trainable"], counts.total + r["trainable"])
+            elif counts.trainable:
+                train_mb = step_memory_mb(built.model, data["train"], cfg.fit.batch_size)
+                lr = cfg.fit.lr * (cfg.full_lr_scale if method.family == "full" else 1.0)
+                fit = dataclasses.replace(cfg.fit, seed=seed, lr=lr)
+                r = fit_classifier(built.model, data["train"], data["test"], fit, param_groups=built.param_groups)
+                value, s_step = r["last"], r["s_per_step"]
+            else:
+                train_mb, s_step = float("nan"), float("nan")
+                value = 100 * float(np.mean(predict(built.model, data["test"]) == task.y_test))
+            return {"method": method.name, "family": method.family, "chapter": method.chapter, "task": task.name,
+                    "group": task.group, "seed": seed, "metric": "accuracy", "value": value,
+                    "trainable": counts.trainable, "total": counts.total, "stored": stored, "train_mb": train_mb,
+                    "s_per_step": s_step, "adapt_s": time.perf_counter() - t0, "shots": cfg.shots}, \
+                (built.model if built.fit is None and counts.trainable else None), {}
+
+        store = store if store is not None else JobStore(None)
+        done, read_back = store.run((*key, task.name, method.name, seed), job)
+        if read_back:
+            load_weights(built.model, done["weights"])
+        yield task, method, seed, built, dict(done["row"])
 
 
 def _named_vtab1k() -> list[str]:

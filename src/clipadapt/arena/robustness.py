@@ -97,11 +97,12 @@ class RobustnessConfig:
 
 
 def robustness(methods, task, source=None, seeds=(0, 1, 2), cfg: ArenaConfig | None = None,
-               rcfg: RobustnessConfig | None = None, profile: str = "ci", show_progress: bool = True):
+               rcfg: RobustnessConfig | None = None, profile: str = "ci", show_progress: bool = True, store=None):
     """Adapt every method on the task's few-shot sample (as `run`), then run each corrupted stream through it online
     with every test-time method on top, each from the adapted weights. `source`: a `clipadapt.data.streams` source
     with the task's classes (None: the generated corruptions of the task's own test images). Methods without a
-    test-time view (the contrastive head's scikit-learn classifier) are left out and named in a warning.
+    test-time view (the contrastive head's scikit-learn classifier) are left out and named in a warning. `store`
+    keeps the adapted jobs (as `run`'s).
 
     A tidy DataFrame: method, family, seed, corruption, severity, test_time, accuracy (%), clean (the method's
     accuracy on the clean test split), images.
@@ -134,7 +135,7 @@ def robustness(methods, task, source=None, seeds=(0, 1, 2), cfg: ArenaConfig | N
     streams = {}
     rows = []
     runs = _runs([m for m in methods if m not in skipped], [task], seeds, cfg, profile, show_progress,
-                 desc="arena robustness")
+                 desc="arena robustness", store=store, key=("robustness",))
     for _, method, seed, built, row in runs:
         adapted = copy.deepcopy(built.model.state_dict())
         for c in rcfg.corruptions:

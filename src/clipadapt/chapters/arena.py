@@ -109,7 +109,7 @@ def compute(s: Setup, r: core.Result) -> None:
                 index=False)
 
     # every method x task x seed, and the board
-    df = lib.run(methods, ts, seeds, cfg, s.profile)
+    df = lib.run(methods, ts, seeds, cfg, s.profile, store=r.jobs, key=("tasks",))
     r.add_table("runs", df, index=False)
     per_method = df.groupby(["method", "seed"])["value"].mean().groupby("method").agg(["mean", "std"])
     costs = df.groupby("method")[["trainable", "total", "stored", "train_mb", "s_per_step", "adapt_s"]].mean()
@@ -145,7 +145,7 @@ def compute(s: Setup, r: core.Result) -> None:
         rtask = vtab.load_vtab1k(s.robust_task, s.data_root)
         rsource, optim = ReleasedC("cifar100-c", s.data_root, s.robust_images), batclip.PAPER_SETUPS["cifar100-c"]
     rcfg = lib.RobustnessConfig(corruptions=tuple(s.corruptions), n_images=s.robust_images, **optim)
-    rob = lib.robustness(methods, rtask, rsource, seeds, cfg, rcfg, s.profile)   # the contrastive head is left out
+    rob = lib.robustness(methods, rtask, rsource, seeds, cfg, rcfg, s.profile, store=r.jobs)   # the contrastive head is left out
     r.add_table("robustness", rob, index=False)
     for k, v in {"arena_robust_task": rtask.name, "arena_n_corruptions": len(rcfg.corruptions),
                  "arena_severity": rcfg.severity, "arena_stream_images": int(rob["images"].iloc[0]),
@@ -189,7 +189,7 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("arena_clip_batch", clip_cfg.fit.batch_size)
     if s.face_clips:
         ctask = clips.as_task(n_train=400, n_test=200, frames=8, seed=s.seed)
-        cdf = lib.run(methods, [ctask], seeds, clip_cfg, s.profile)
+        cdf = lib.run(methods, [ctask], seeds, clip_cfg, s.profile, store=r.jobs, key=("clip",))
         r.add_table("face_clips", cdf, index=False)
         cb = cdf.groupby(["method", "seed"])["value"].mean().groupby("method").agg(["mean", "std"]).loc[methods]
         cb["backbone"] = [lib.get_method(m).backbone for m in cb.index]

@@ -7,6 +7,8 @@ calls it once per set-up and code version: the result is written atomically to t
 (`<cache>/chapters/<chapter>.<profile>.<key>.json`, the run-record format of `clipadapt.results`) and read back by the
 next call with the same set-up on the same package code, so the notebook and the claim tests of one `make test` share
 one run, and a changed set-up or a changed package never reads an old result. `CLIPADAPT_RERUN=1` ignores the cache.
+While a run trains, each job's weights are checkpointed (`Result.jobs`) so a stopped run resumes; once the result is
+cached they are removed, unless `CLIPADAPT_KEEP_CHECKPOINTS=1` keeps them (to load a trained adapter later).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -216,4 +219,6 @@ def run(chapter: str, compute: Callable[[Any, Result], None], setup: Any) -> Res
     record.wall_time_s = round(time.time() - t0, 2)
     text = record.to_json()
     atomic_write(path, lambda p: p.write_text(text))
+    if result.jobs.folder is not None and os.environ.get("CLIPADAPT_KEEP_CHECKPOINTS") != "1":
+        shutil.rmtree(result.jobs.folder, ignore_errors=True)   # the finished run is the cached result now
     return result
