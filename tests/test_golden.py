@@ -54,3 +54,14 @@ def test_chapter_numbers_match_their_golden_record(tiny, name):
     diff = golden.differences(ch.run(ch.setup("ci")))
     assert not diff, (f"{name} moved from tests/golden (if the change is meant, run `clipadapt golden --write "
                       f"{name}` and say what moved in the commit):\n  " + "\n  ".join(diff))
+
+
+def test_a_rewritten_record_keeps_the_tolerance_its_chapter_states(tmp_path):
+    import json
+    path = golden.write(_result(), tmp_path)
+    record = json.loads(path.read_text())
+    record["tolerance"] = {**record["tolerance"], "abs": 3.0, "why": "chaotic training"}
+    path.write_text(json.dumps(record))
+    assert golden.differences(_result(**{"acc[a]": 72.0}), tmp_path) == []   # within the stated 3 points
+    golden.write(_result(**{"acc[a]": 72.0}), tmp_path)
+    assert json.loads(path.read_text())["tolerance"]["abs"] == 3.0
