@@ -2,12 +2,15 @@
 that moves a number is seen even when the claims still hold (open_clip's regression-test style).
 
 A record holds the run's metrics and each claim's per-seed differences and outcome. A new run matches it when every
-metric and difference is within the stated tolerance (absolute `abs` or relative `rel`, whichever is larger: the
-same code on another machine may sum floats in another order, and training carries that into the last digits of an
-accuracy; 0.5 in the metric's unit, 0.01 for scores between 0 and 1, or 2%; a chapter whose training is chaotic
-states a wider one in its record, with the reason and the run-to-run spread measured), no claim changes its outcome, and no metric appears or disappears. Metrics that measure the machine
-(times, memory) are not kept. When a change is meant to move the numbers, write the records again with
-`clipadapt golden --write` and say in the commit which numbers moved and by how much (`clipadapt golden` prints it).
+metric and difference is within the stated tolerance, no metric appears or disappears, and no claim changes its
+outcome (unless a golden seed lay within the tolerance of the claim's line). The tolerance is absolute (`abs` in the
+metric's unit: 1 point for accuracies and their differences; `abs01` 0.02 for scores between 0 and 1) or relative
+(`rel`, 3%), whichever is larger: the same code on another machine may sum floats in another order, and training
+carries that into the digits of an accuracy. A chapter whose training is chaotic even on one machine (threads add
+floats in another order from run to run) states a wider tolerance in its record, with the spread it measured.
+Metrics that measure the machine (times, memory) are not kept. When a change is meant to move the numbers, write the
+records again with `clipadapt golden --write` and say in the commit which numbers moved and by how much
+(`clipadapt golden` prints it).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from ..utils import atomic_write
 from .core import Result
 
 # absolute in the metric's unit (points for accuracies and their differences), for 0-1 scores (AUC, shares) `abs01`
-TOLERANCE = {"abs": 0.5, "rel": 0.02, "abs01": 0.01, "scores01": "auc|share|fraction"}
+TOLERANCE = {"abs": 1.0, "rel": 0.03, "abs01": 0.02, "scores01": "auc|share|fraction"}
 MACHINE = re.compile(r"minutes|seconds|s_per|_mb\b|memory|wall|gib|_s\b|time|per_batch|per_image|vs_epoch", re.I)
 ROOT = Path(__file__).resolve().parents[3] / "tests" / "golden"
 
@@ -29,7 +32,8 @@ def record_of(result: Result) -> dict:
     """The golden record of a chapter run: its metrics (without the machine's) and claims."""
     return {"chapter": result.record.notebook, "profile": result.record.profile, "tolerance": TOLERANCE,
             "metrics": {k: v for k, v in sorted(result.metrics.items()) if not MACHINE.search(k)},
-            "claims": {k: {"per_seed": c.per_seed, "outcome": c.outcome} for k, c in sorted(result.claims.items())}}
+            "claims": {k: {"per_seed": c.per_seed, "outcome": c.outcome, "threshold": c.threshold}
+                       for k, c in sorted(result.claims.items())}}
 
 
 def path_of(chapter_notebook: str, profile: str = "ci", root: Path | None = None) -> Path:
@@ -68,7 +72,8 @@ def differences(result: Result, root: Path | None = None) -> list[str]:
         c = new["claims"].get(k)
         if c is None:
             out.append(f"claim {k!r} is gone")
-        elif c["outcome"] != g["outcome"]:
+        elif c["outcome"] != g["outcome"] and all(abs(d - g.get("threshold", 0.0)) > tol["abs"]
+                                                  for d in g["per_seed"]):   # a seed near the line may cross it
             out.append(f"claim {k!r}: {c['outcome']}, golden {g['outcome']}")
         elif len(c["per_seed"]) != len(g["per_seed"]) or not all(
                 _close(a, b, tol) for a, b in zip(c["per_seed"], g["per_seed"])):
