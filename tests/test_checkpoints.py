@@ -89,7 +89,6 @@ def test_an_spt_suite_stopped_part_way_resumes_without_retraining_finished_jobs(
     from test_spt import _vit
     from timm.data import create_transform
 
-    from clipadapt import finetune
     from clipadapt.chapters import spt as spt_chapter
     from clipadapt.data.vtab import Task
     from clipadapt.engine import TrainSpec
@@ -121,7 +120,6 @@ def test_an_spt_suite_stopped_part_way_resumes_without_retraining_finished_jobs(
     cols = ["task", "method", "seed", "budget", "trainable", "best", "last"]
     assert resumed[cols].equals(full[cols]) and set(resumed_allocs) == set(allocs)
     assert resumed_allocs[("t1", "SPT", 0)].sparse.keys() == allocs[("t1", "SPT", 0)].sparse.keys()
-    del finetune
 
 
 def test_a_vl_comparison_reads_stored_jobs_and_rebuilds_the_kept_model(tmp_path, monkeypatch):
