@@ -99,6 +99,11 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_says_what_to_try():
         train(nn.Linear(4, 2), TrainSpec(epochs=1, batch_size=8), lambda g, s: [torch.arange(8)], loss)
 
 
+def test_data_that_give_no_batch_are_refused_with_what_to_check():
+    with pytest.raises(ValueError, match="no batch to train on .* check the training split and the batch size"):
+        train(nn.Linear(4, 2), TrainSpec(epochs=1), lambda g, s: [], lambda m, b: m.weight.sum())
+
+
 def test_nothing_to_train_is_refused():
     model = nn.Linear(4, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):

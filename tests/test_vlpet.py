@@ -80,11 +80,11 @@ def test_zero_initialised_adapters_leave_the_frozen_model_unchanged_but_a_large_
 def test_gate_values_vary_over_tokens_and_dimensions_as_the_granularity_says(small, g, varies):
     torch.manual_seed(0)
     model = vlpet.apply_method(copy.deepcopy(small[0]), f"vl-pet-{g}")
-    gv = vlpet.gate_values(model, _batch(small))
+    gv = vltrain.gate_values(model, _batch(small))
     assert gv.ndim == 2 and gv.shape[1] == 32
     assert ((gv.std(0) > 1e-6).any().item(), (gv.std(1) > 1e-6).any().item()) == varies
     with pytest.raises(ValueError, match="no VL-PET gate"):
-        vlpet.gate_values(vlpet.apply_method(copy.deepcopy(small[0]), "lora"), _batch(small))
+        vltrain.gate_values(vlpet.apply_method(copy.deepcopy(small[0]), "lora"), _batch(small))
 
 
 def test_the_ffn_gate_reads_the_ffn_input(small):

@@ -184,6 +184,9 @@ def train(model: nn.Module, spec: TrainSpec, data: Callable[[torch.Generator, tu
     shard = (acc.process_index, acc.num_processes) if wrap else (0, 1)
     gen = torch.Generator().manual_seed(spec.seed)
     first = data(gen, shard)
+    if len(first) == 0:
+        raise ValueError(f"{desc}: the data give no batch to train on (an empty dataset, or every batch skipped); "
+                         "check the training split and the batch size")
     epochs = 1 if spec.steps else spec.epochs
     n_batches = len(first) * epochs
     ticks = epochs if spec.tick == "epoch" else n_batches / spec.grad_accum

@@ -16,8 +16,8 @@ from .data.vltasks import TASKS
 from .eval import cider, normalize_answer
 from .checkpoints import JobStore, load_weights
 from .engine import TrainSpec, train
-from .methods.vlpet import METHODS, BaselineConfig, apply_method, to_device
-from .models.seq2seq import collate
+from .methods.vlpet import METHODS, BaselineConfig, PETAttention, is_t5, apply_method
+from .models.seq2seq import collate, to_device
 from .utils import progress, seed_everything
 
 
@@ -97,6 +97,26 @@ def evaluate_vl(model, split, feats, cfg: Decoding = Decoding(), device: str = "
             out[task] = 100.0 * sum(answer_score(p, e) for p, e in zip(pred, ex)) / max(len(ex), 1)
     out["average"] = sum(out[t] for t in TASKS) / len(TASKS)
     return out
+
+
+@torch.no_grad()
+def gate_values(model, batch: dict, layer: int = 0) -> torch.Tensor:
+    """G of the self-attention sublayer of encoder `layer` for the first example of `batch`, broadcast to
+    tokens x dimensions (what each granularity lets vary)."""
+    enc = model.lm.encoder.block if is_t5(model.lm) else model.lm.model.encoder.layers
+    sub = enc[layer].layer[0].SelfAttention if is_t5(model.lm) else enc[layer].self_attn
+    if not isinstance(sub, PETAttention) or sub.pet.gate is None:
+        raise ValueError("this model has no VL-PET gate; apply a vl-pet-* method first")
+    batch = to_device(batch, next(model.parameters()).device)
+    seen = {}
+    hook = sub.pet.gate.register_forward_hook(lambda m, args, out: seen.setdefault("g", out))
+    try:
+        embeds, _ = model.encoder_inputs(batch)
+        model(batch)
+    finally:
+        hook.remove()
+    n, d = embeds.shape[1], embeds.shape[2]
+    return torch.broadcast_to(seen["g"], (embeds.shape[0], n, d))[0].cpu()
 
 
 def compare(load_model, data: dict, methods=METHODS, seeds=(0,), cfg: TrainSpec | None = None,

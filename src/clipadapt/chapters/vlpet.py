@@ -178,7 +178,7 @@ def compute(s: Setup, r: core.Result) -> None:
     q = d["test"].of_task("vqa")[0]
     batch = seq2seq.collate([q], d["test_feats"], base.tokenizer)
     kept = runs.dropna(subset=["model"]) if "model" in runs else runs.iloc[:0]
-    r.add_table("gates", pd.DataFrame([{"method": row.method, "G": vlpet.gate_values(row.model, batch).tolist()}
+    r.add_table("gates", pd.DataFrame([{"method": row.method, "G": vltrain.gate_values(row.model, batch).tolist()}
                                        for row in kept.itertuples()], columns=["method", "G"]), index=False)
     r.text("vl_gate_question", q.text)
 

@@ -186,20 +186,20 @@ class ValueParallelAdapter(nn.Module):
         return self.inner(e) + self.up(self.act(self.down(e)))
 
 
-def _is_t5(lm) -> bool:
+def is_t5(lm) -> bool:
     return lm.config.model_type in ("t5", "mt5")
 
 
 def _sublayers(lm):
     """(encoder layers, decoder layers) of a BART or T5 model."""
-    if _is_t5(lm):
+    if is_t5(lm):
         return lm.encoder.block, lm.decoder.block
     return lm.model.encoder.layers, lm.model.decoder.layers
 
 
 def _wrap_ffn(layer, lm, make_pet) -> None:
     """Put a PET module on the FFN output of a BART or T5 layer."""
-    if _is_t5(lm):
+    if is_t5(lm):
         ff = layer.layer[-1]
         ff.DenseReluDense = PETFeedForward(ff.DenseReluDense, make_pet())
     else:
@@ -223,19 +223,19 @@ def add_vlpet(lm, cfg: VLPETConfig) -> None:
 
     enc, dec = _sublayers(lm)
     for layer in enc:
-        if _is_t5(lm):
+        if is_t5(lm):
             _wrap_attn(layer.layer[0], "SelfAttention", make_pet)
         else:
             _wrap_attn(layer, "self_attn", make_pet)
         _wrap_ffn(layer, lm, make_pet)
     for layer in dec:
         if cfg.lightweight_decoder:
-            attn = layer.layer[1].EncDecAttention if _is_t5(lm) else layer.encoder_attn
-            name = "v" if _is_t5(lm) else "v_proj"
+            attn = layer.layer[1].EncDecAttention if is_t5(lm) else layer.encoder_attn
+            name = "v" if is_t5(lm) else "v_proj"
             setattr(attn, name, ValueParallelAdapter(getattr(attn, name), rd, cfg.zero_init_up))
         else:  # VL-Adapter's decoder: after self-attention, cross-attention and the FFN, no gate
             plain = lambda: make_pet(gated=False)  # noqa: E731
-            if _is_t5(lm):
+            if is_t5(lm):
                 _wrap_attn(layer.layer[0], "SelfAttention", plain)
                 _wrap_attn(layer.layer[1], "EncDecAttention", plain)
             else:
@@ -309,7 +309,7 @@ def apply_vl(model, method: str, cfg: VLPETConfig | None = None, base: BaselineC
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     lm = model.lm
     d = lm.config.d_model
-    t5 = _is_t5(lm)
+    t5 = is_t5(lm)
     cfg = cfg or (T5_PRESET if t5 else VLPETConfig())
     if method.startswith("vl-pet-"):
         add_vlpet(lm, replace(cfg, granularity=method.removeprefix("vl-pet-")))
@@ -392,28 +392,3 @@ class BitFit(VLMethod):
 class PromptTuning(VLMethod):
     """Prompt tuning: 40 prompt vectors through an MLP before the text (VL-Adapter's PromptController)."""
     family, key = "prompts", "prompt"
-
-
-def to_device(batch: dict, device) -> dict:
-    """A collated batch with its tensors on `device`."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-@torch.no_grad()
-def gate_values(model, batch: dict, layer: int = 0) -> torch.Tensor:
-    """G of the self-attention sublayer of encoder `layer` for the first example of `batch`, broadcast to
-    tokens x dimensions (what each granularity lets vary)."""
-    enc = model.lm.encoder.block if _is_t5(model.lm) else model.lm.model.encoder.layers
-    sub = enc[layer].layer[0].SelfAttention if _is_t5(model.lm) else enc[layer].self_attn
-    if not isinstance(sub, PETAttention) or sub.pet.gate is None:
-        raise ValueError("this model has no VL-PET gate; apply a vl-pet-* method first")
-    batch = to_device(batch, next(model.parameters()).device)
-    seen = {}
-    hook = sub.pet.gate.register_forward_hook(lambda m, args, out: seen.setdefault("g", out))
-    try:
-        embeds, _ = model.encoder_inputs(batch)
-        model(batch)
-    finally:
-        hook.remove()
-    n, d = embeds.shape[1], embeds.shape[2]
-    return torch.broadcast_to(seen["g"], (embeds.shape[0], n, d))[0].cpu()

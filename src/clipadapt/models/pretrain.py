@@ -18,7 +18,7 @@ import torch
 
 from ..transforms import preprocess_batch
 from ..engine import TrainSpec, train
-from ..utils import cache_dir, seed_everything
+from ..utils import atomic_write, cache_dir, seed_everything
 from .tiny import TINY_NAME, TINY_TAG, register_configs, tiny_config
 
 
@@ -115,12 +115,9 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
     hist["sources"] = {s: int(np.sum(np.array(corpus.source) == s)) for s in sorted(set(corpus.source))}
     model.eval()
     if out_path is not None:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(out_path)
-        history_path(out_path).write_text(json.dumps(hist))
+        out_path, text = Path(out_path), json.dumps(hist)
+        atomic_write(out_path, lambda p: torch.save(model.state_dict(), p))
+        atomic_write(history_path(out_path), lambda p: p.write_text(text))
     hist["model"] = model
     return hist
 

@@ -206,6 +206,11 @@ def collate(examples, feats, tokenizer, with_targets: bool = True) -> dict:
     return batch
 
 
+def to_device(batch: dict, device) -> dict:
+    """A collated batch with its tensors on `device`."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 @torch.no_grad()
 def clip_grid_features(clip_model, preprocess, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """The frozen CLIP image tower's patch tokens (n x grid x width): the ci analogue of the paper's CLIP grid
