@@ -15,7 +15,14 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def built_book(tiny):
+def ci_chapters(tiny):
+    """Every chapter's ci run computed once, side by side (`chapters.prepare`); the tests and notebooks read them."""
+    from clipadapt import chapters
+    chapters.prepare("ci")
+
+
+@pytest.fixture(scope="session")
+def built_book(ci_chapters):
     """Every notebook run by papermill on ci and the HTML book built (the slow tests share one build)."""
     from clipadapt import book
     return book.build("ci")

@@ -165,7 +165,7 @@ def chapter_result(name: str):
 
 
 @pytest.mark.slow
-def test_batclip_claims_on_ci(tiny):
+def test_batclip_claims_on_ci(ci_chapters):
     """The paper's qualitative claim on ci: bimodal TTA beats zero-shot clearly and is at least vision-only Tent.
 
     Margins from the spread over three stream orders (seeds 0-2, measured when this test was set): BATCLIP minus
@@ -191,7 +191,7 @@ def test_batclip_page_shows_the_run(built_book):
 
 
 @pytest.mark.slow
-def test_spt_claims_on_ci(tiny):
+def test_spt_claims_on_ci(ci_chapters):
     """SPT's claim on the ci suite (6 tasks, 3 seeds): sensitivity picks better weights than a random choice at the
     same budget, is not worse than a largest-magnitude choice, and SPT-LoRA is at least as good as LoRA at a similar
     count (a tie within the spread).
@@ -223,7 +223,7 @@ def test_spt_page_shows_the_run(built_book):
 
 
 @pytest.mark.slow
-def test_contrastive_da_claims_on_ci(tiny):
+def test_contrastive_da_claims_on_ci(ci_chapters):
     """The paper's claim on the returns-desk task (3 seeds, 500 labels): per-modality contrastive heads on frozen
     embeddings beat the raw and the PCA-reduced embeddings on target-domain macro-F1 (mean over the downstream
     classifiers), and a joint head is not worse than raw on average.
@@ -251,7 +251,7 @@ def test_contrastive_da_page_shows_the_run(built_book):
 
 
 @pytest.mark.slow
-def test_peclip_claims_on_ci(tiny):
+def test_peclip_claims_on_ci(ci_chapters):
     """PE-CLIP's claims on the generated face clips (2 seeds): the full model beats a linear probe on the frozen
     features and zero-shot on UAR; the temporal adapter beats mean pooling; describing the classes by Action Units
     beats their names zero-shot (on the apex frame, where the text side alone is tested: whole clips are near
@@ -287,7 +287,7 @@ def test_peclip_page_shows_the_run(built_book):
 
 
 @pytest.mark.slow
-def test_vlpet_claims_on_ci(tiny):
+def test_vlpet_claims_on_ci(ci_chapters):
     """VL-PET on the micro-world tasks (600 examples per task, 10 epochs; 3 seeds for the rows the claim compares).
 
     The paper's claim (VL-PET-large above VL-Adapter and LoRA on the average) did not reproduce at this scale when the
@@ -323,7 +323,7 @@ def test_vlpet_page_shows_the_run(built_book):
 
 
 @pytest.mark.slow
-def test_arena_chapter_on_ci(tiny):
+def test_arena_chapter_on_ci(ci_chapters):
     """The arena on ci: every registered method ran on every task and seed and on the face clips, and every method
     with a test-time view on every corrupted stream with each test-time method; and what the teaching page says
     about memory holds on this run: the methods that train nothing inside the backbone hold a small share of full

@@ -124,6 +124,49 @@ def test_the_saved_record_is_what_the_reproduction_report_reads(tmp_path, monkey
     assert [x["quantity"] for x in rows] == ["a published number"] and env[0]["notebook"] == "toy"
 
 
+def test_a_ci_run_computes_on_one_thread_and_gives_the_setting_back(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path))
+    before, seen = torch.get_num_threads(), []
+    torch.set_num_threads(2)
+    try:
+        core.run("toy", lambda s, r: (seen.append(torch.get_num_threads()), r.log("x", 1.0)), Toy())
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(ZeroDivisionError):
+            core.run("toy", lambda s, r: 1 / 0, Toy(n=5))
+        assert torch.get_num_threads() == 2   # a failed run gives the setting back too
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_side_by_side_runs_fit_the_cores_on_ci_and_paper_runs_one_at_a_time(monkeypatch):
+    from clipadapt.profiles import get_profile
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert (get_profile("ci").parallel_runs(), get_profile("paper").parallel_runs()) == (4, 1)
+
+
+def test_prepare_computes_the_chapters_not_cached_yet_longest_first(tmp_path, monkeypatch):
+    import types
+    monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path))
+    monkeypatch.delenv("CLIPADAPT_RERUN", raising=False)
+    calls = []
+
+    def toy_chapter(name, last_seconds):
+        (tmp_path / "chapters").mkdir(exist_ok=True)
+        (tmp_path / "chapters" / f"{name}.ci.old.json").write_text(json.dumps({"wall_time_s": last_seconds}))
+        return types.SimpleNamespace(NAME=name, setup=lambda profile="ci": Toy(n=len(name)),
+                                     run=lambda s: core.run(name, toy_compute(calls), s))
+    monkeypatch.setattr(chapters, "CHAPTERS", {"short": toy_chapter("short", 5.0), "long": toy_chapter("long", 500.0),
+                                               "done": toy_chapter("done", 900.0)})
+    chapters.CHAPTERS["done"].run(Toy(n=4))   # cached already
+    calls.clear()
+    took = chapters.prepare("ci", jobs=1, show_progress=False)
+    assert [c.n for c in calls] == [4, 5] and list(took) == ["long", "short"]
+    assert chapters.prepare("ci", jobs=1) == {}   # everything is cached now
+    with pytest.raises(KeyError, match="did you mean short"):
+        chapters.prepare("ci", names=["shrt"])
+
+
 def test_an_unknown_chapter_lists_the_chapters():
     with pytest.raises(KeyError, match="did you mean batclip"):
         chapters.get("batclp")

@@ -49,7 +49,7 @@ def test_a_missing_record_says_how_to_write_it(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(chapters.CHAPTERS))
-def test_chapter_numbers_match_their_golden_record(tiny, name):
+def test_chapter_numbers_match_their_golden_record(ci_chapters, name):
     ch = chapters.get(name)
     diff = golden.differences(ch.run(ch.setup("ci")))
     assert not diff, (f"{name} moved from tests/golden (if the change is meant, run `clipadapt golden --write "

@@ -66,3 +66,13 @@ def test_reproduction_rows_get_the_status_their_numbers_give_and_the_report_gath
     got, env = reproduction_report(tmp_path, "ci")
     assert [r["quantity"] for r in got] == ["a (%)", "b (%)", "c (%)", "d (%)", "e", "f (%)"]
     assert [e["notebook"] for e in env] == ["01_x"] and {"machine", "accelerator", "torch"} <= set(env[0])
+
+
+def test_every_seed_comes_from_one_seed_sequence():
+    from clipadapt.utils import spawn_seeds
+    runs = spawn_seeds(0, 3)
+    assert runs == spawn_seeds(0, 3) and len(set(runs)) == 3
+    assert spawn_seeds(0, 2) == runs[:2]          # more seeds keep the earlier runs' seeds
+    assert spawn_seeds(1, 3) != runs
+    train, test = spawn_seeds(0, 1, "train split"), spawn_seeds(0, 1, "test split")
+    assert train != test and not (set(train) | set(test)) & set(runs)   # named streams are apart from the runs

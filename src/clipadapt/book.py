@@ -5,7 +5,8 @@
     python -m clipadapt.book check                    # English/Japanese parity of every page
     python -m clipadapt.book colab                    # write the Colab button and install cell into every notebook
 
-Notebooks execute into `_build/site/notebooks/` (the committed notebooks stay output-free); the book is then built
+The chapters' runs are computed first, side by side where the profile allows (`clipadapt.chapters.prepare`); each
+notebook then reads its run back from the cache. Notebooks execute into `_build/site/notebooks/` (the committed notebooks stay output-free); the book is then built
 from `_build/site/` with execution off and warnings as errors, into `_build/html/`.
 """
 from __future__ import annotations
@@ -91,6 +92,8 @@ def build(profile: str = "ci", run: bool = True) -> Path:
     if errors:
         raise RuntimeError("bilingual parity check failed:\n" + "\n".join(errors))
     if run:
+        from . import chapters   # heavy (torch): only when notebooks run
+        chapters.prepare(profile)   # the chapters' runs side by side; each notebook then reads its run back
         for nb in notebooks():
             run_notebook(nb, profile)
     stage()

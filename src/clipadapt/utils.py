@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import random
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def spawn_seeds(root: int, n: int, stream: str | None = None) -> list[int]:
+    """`n` independent seeds drawn from a set-up's seed `root`, the one source of seeds: the children of numpy's
+    `SeedSequence(root)` (the runs), or of `SeedSequence([root, crc32(stream)])` for a named stream such as
+    "test split" (data that must not share a seed with the runs or with another stream). Each seed is its child's
+    first 32-bit state word."""
+    entropy = root if stream is None else [root, zlib.crc32(stream.encode())]
+    return [int(child.generate_state(1)[0]) for child in np.random.SeedSequence(entropy).spawn(n)]
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block on `n` CPU threads (None: leave torch's setting); the previous setting comes back after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cache_dir() -> Path:
@@ -42,7 +65,9 @@ def atomic_write(path: Path, write) -> None:
 
 
 def progress(iterable=None, **kw):
-    """tqdm that works in notebooks and terminals; pass `disable=True` to silence."""
+    """tqdm that works in notebooks and terminals; pass `disable=True` to silence (`TQDM_DISABLE=1` silences all:
+    the book build sets it in the worker processes that run chapters side by side, whose bars would interleave)."""
+    kw["disable"] = kw.get("disable", False) or os.environ.get("TQDM_DISABLE") == "1"
     kw.setdefault("dynamic_ncols", True)
     kw.setdefault("mininterval", 1.0)
     return tqdm(iterable, **kw)

@@ -95,7 +95,7 @@ def _fit(s: Setup, epochs: int, batch_size: int, warmup: int) -> TrainSpec:
 
 def compute(s: Setup, r: core.Result) -> None:
     methods, ts = list(s.methods), tasks(s)
-    seeds = [s.seed + i for i in range(s.n_seeds)]
+    seeds = core.run_seeds(s)
     cfg = lib.ArenaConfig(shots=s.shots, fit=_fit(s, s.epochs, 32, max(1, s.epochs // 10)))
     r.add_table("tasks", pd.DataFrame([{"group": t.group, "task": t.name, "classes": len(t.classes),
                                         "labelled (few-shot)": s.shots * len(t.classes), "test": len(t.y_test),

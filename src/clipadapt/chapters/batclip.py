@@ -140,12 +140,12 @@ def compute(s: Setup, r: core.Result) -> None:
 
     # the 15 corruptions: the main rows over n_seeds stream orders, the ablations and TPT on the first
     core_rows, ablations, tpt_rows = _main_rows(main)
-    seeds = [s.seed + i for i in range(s.n_seeds)]
+    seeds = core.run_seeds(s)
     res = pd.concat([corruption_benchmark(backbone, main.source, {**core_rows, **(ablations | tpt_rows
-                                                                                if k == s.seed else {})},
+                                                                                if k == seeds[0] else {})},
                                           CORRUPTIONS, (s.severity,), main.batch_size, k) for k in seeds],
                     ignore_index=True)
-    first = res[res.seed == s.seed]
+    first = res[res.seed == seeds[0]]
     table = first.pivot(index="method", columns="corruption", values="accuracy")[list(CORRUPTIONS)]
     table = table.loc[list(core_rows) + list(ablations)]
     table["mean"] = table.mean(axis=1)
@@ -185,7 +185,7 @@ def compute(s: Setup, r: core.Result) -> None:
     for d in s.datasets[1:]:
         b = benches[d]
         rows_d = _main_rows(b)[0]
-        out = corruption_benchmark(backbone, b.source, rows_d, CORRUPTIONS, (s.severity,), b.batch_size, s.seed)
+        out = corruption_benchmark(backbone, b.source, rows_d, CORRUPTIONS, (s.severity,), b.batch_size, seeds[0])
         across[b.source.name] = out.groupby("method")["accuracy"].mean()
     across = pd.DataFrame(across).T[list(core_rows)]
     across["BATCLIP - zero-shot"] = across["BATCLIP"] - across["zero-shot"]
@@ -196,12 +196,12 @@ def compute(s: Setup, r: core.Result) -> None:
 
     # severity sweep on a quarter of the main stream
     sweep = corruption_benchmark(backbone, main.source.head(len(main.source) // 4), core_rows, CORRUPTIONS,
-                                 tuple(s.sweep_severities), main.batch_size, s.seed)
+                                 tuple(s.sweep_severities), main.batch_size, seeds[0])
     curve = sweep.groupby(["method", "severity"])["accuracy"].mean().unstack(0)[list(core_rows)]
     r.add_table("severity_sweep", curve)
 
     # class alignment before and after BATCLIP on the snow stream
-    x_snow, y_snow = main.source.stream("snow", s.severity, s.seed)
+    x_snow, y_snow = main.source.stream("snow", s.severity, seeds[0])
     bb, classes = backbone(), main.source.classes
     before = class_alignment(bb.model, bb.tokenizer, bb.preprocess, x_snow, y_snow, classes)
     m = build_method("batclip", bb.model, bb.tokenizer, classes, **_tuned(main))

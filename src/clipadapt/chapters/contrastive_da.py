@@ -100,7 +100,7 @@ def _project(head, feats: np.ndarray) -> np.ndarray:
 
 def compute(s: Setup, r: core.Result) -> None:
     device = get_profile(s.profile).device
-    seeds = [s.seed + i for i in range(s.n_seeds)]
+    seeds = core.run_seeds(s)
     target, source, classes, labelled, test = _data(s, seeds)
     encoders = {"text": load_encoder(s.text_encoder, device), "image": load_encoder(s.image_encoder, device)}
     head_cfg = da.HeadConfig(epochs=s.head_epochs, device=device)
@@ -122,7 +122,7 @@ def compute(s: Setup, r: core.Result) -> None:
     for key, row in [("da_head_f1", "contrastive heads, per modality"), ("da_joint_f1", "contrastive head, joint"),
                      ("da_raw_f1", "raw embeddings"), ("da_pca_f1", "PCA-128 per modality")]:
         r.text(key, f"{per_seed[row].mean():.1f}% (± {per_seed[row].std():.1f})")
-    n_lab = len(labelled[s.seed])
+    n_lab = len(labelled[seeds[0]])
     r.text("da_n_labelled", f"{n_lab:,}")
     r.text("da_n_seeds", s.n_seeds)
     r.text("da_head_epochs", s.head_epochs)
@@ -153,7 +153,7 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("da_worst_clf", f"{gain.idxmin()} ({gain.min():+.1f})")
 
     # how the heads learn (first seed), and the embedding space before and after them
-    tr = labelled[s.seed]
+    tr = labelled[seeds[0]]
     heads = {m: da.train_head(x[m][tr], y[tr], head_cfg) for m in x}
     r.add_table("head_history", pd.concat([pd.DataFrame(hist).assign(modality=m) for m, (_, hist) in heads.items()]),
                 index=False)
@@ -176,12 +176,12 @@ def compute(s: Setup, r: core.Result) -> None:
         r.add_table("tsne_domains", pd.concat([
             pd.DataFrame(_tsne(np.concatenate([xs[m], x[m][test]])[pick], s.seed), columns=["x", "y"])
             .assign(modality=f"{m} embeddings ({encoders[m].name})", domain=dom[pick]) for m in x]), index=False)
-        src_lab = da.labelled_sample(source.labels[:1000], s.n_labelled, s.seed)   # same recipe, same labels
+        src_lab = da.labelled_sample(source.labels[:1000], s.n_labelled, seeds[0])   # same recipe, same labels
         src_test = np.arange(1000, len(source.labels))
         shift = pd.concat([
-            da.benchmark(xs, source.labels, {s.seed: src_lab}, src_test, {"raw embeddings": ("raw", "joint")},
+            da.benchmark(xs, source.labels, {seeds[0]: src_lab}, src_test, {"raw embeddings": ("raw", "joint")},
                          head_cfg, ("LR",), show_progress=False).assign(domain="catalog (source)"),
-            res[(res.seed == s.seed) & (res.setup == "raw embeddings") & (res.classifier == "LR")]
+            res[(res.seed == seeds[0]) & (res.setup == "raw embeddings") & (res.classifier == "LR")]
             .assign(domain="returns desk (target)"),
         ])[["domain", "setup", "classifier", "macro_f1"]]
         r.text("da_src_f1", f"{shift.macro_f1.iloc[0]:.1f}%")
@@ -194,18 +194,18 @@ def compute(s: Setup, r: core.Result) -> None:
     ft_feats, ft = da.finetuned_image_features(lambda k: load_vit(s.profile, k), target.images, y, tr, ft_cfg)
     ft_rep = da.Represented(np.concatenate([ft_feats[tr], x["text"][tr]], 1),
                             np.concatenate([ft_feats[test], x["text"][test]], 1), ft["trainable"], ft["train_s"], [])
-    ft_rows = pd.DataFrame(da.evaluate(ft_rep, y[tr], y[test], s.classifiers, s.seed))
+    ft_rows = pd.DataFrame(da.evaluate(ft_rep, y[tr], y[test], s.classifiers, seeds[0]))
     head = heads["image"][0].train()
     dev = next(head.parameters()).device
     xb = torch.as_tensor(x["image"][tr][:head_cfg.batch_size]).to(dev)
     yb = torch.as_tensor(y[tr][:head_cfg.batch_size]).to(dev)
     head_mem = training_memory(head, lambda: da.pair_loss(head(xb), yb, head_cfg.temperature))
     head_s = res[res.setup == "contrastive heads, per modality"].groupby("seed")["fit_s"].first().mean()
-    f1_col = f"mean macro-F1 (seed {s.seed})"
+    f1_col = "mean macro-F1 (first seed)"
     r.add_table("cost", pd.DataFrame([
         {"what trains": "contrastive heads (both modalities)", "trainable parameters": heads_trainable,
          "training time (s)": head_s, "training memory, image side (MiB)": head_mem["total_mb"],
-         f1_col: per_seed.loc[s.seed, "contrastive heads, per modality"]},
+         f1_col: per_seed.loc[seeds[0], "contrastive heads, per modality"]},
         {"what trains": "the whole image encoder (fine-tuning)", "trainable parameters": ft["trainable"],
          "training time (s)": ft["train_s"], "training memory, image side (MiB)": ft["total_mb"],
          f1_col: ft_rows.macro_f1.mean()},
@@ -215,7 +215,7 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("da_ft_s", f"{ft['train_s']:.0f}")
     r.text("da_mem_ratio", f"{ft['total_mb'] / head_mem['total_mb']:.0f}")
     r.text("da_ft_f1", f"{ft_rows.macro_f1.mean():.1f}%")
-    lower = ft_rows.macro_f1.mean() < per_seed.loc[s.seed, "contrastive heads, per modality"]
+    lower = ft_rows.macro_f1.mean() < per_seed.loc[seeds[0], "contrastive heads, per modality"]
     r.text("da_ft_vs_heads_en", "scored lower than the heads" if lower else "scored at least as high as the heads")
     r.text("da_ft_vs_heads_ja", "精度もヘッドより低めでした" if lower else "精度はヘッドと同等以上でした")
     r.log("finetune_vs_head_seconds", ft["train_s"] / head_s)

@@ -29,7 +29,7 @@ import pandas as pd
 from ..checkpoints import JobStore
 from ..profiles import activate, get_profile
 from ..results import RunRecord, glue
-from ..utils import atomic_write, cache_dir, seed_everything
+from ..utils import atomic_write, cache_dir, seed_everything, spawn_seeds, torch_threads
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -194,6 +194,12 @@ class Result:
         return self.record.save(root, keep_wall_time=True)
 
 
+def run_seeds(setup: Any) -> list[int]:
+    """The seeds of a set-up's `n_seeds` runs (per-seed tables and claims are keyed by them): `spawn_seeds` of its
+    `seed`. The first one is the run that single-seed rows and figures use."""
+    return spawn_seeds(setup.seed, setup.n_seeds)
+
+
 def cache_path(chapter: str, setup: Any) -> Path:
     text = json.dumps({"chapter": chapter, "setup": dataclasses.asdict(setup), "code": code_hash()},
                       sort_keys=True, default=str)
@@ -201,21 +207,39 @@ def cache_path(chapter: str, setup: Any) -> Path:
     return cache_dir() / "chapters" / f"{chapter}.{setup.profile}.{key}.json"
 
 
+def cached(chapter: str, setup: Any) -> bool:
+    """Whether `run` would read this set-up's result back instead of computing it."""
+    return cache_path(chapter, setup).exists() and os.environ.get("CLIPADAPT_RERUN") != "1"
+
+
+def last_wall_time(chapter: str, profile: str) -> float:
+    """Seconds the newest cached run of `chapter` on `profile` took (any code version; 0 when none is cached): the
+    book build starts the longest chapters first."""
+    runs = sorted((cache_dir() / "chapters").glob(f"{chapter}.{profile}.*.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(runs):
+        try:
+            return float(json.loads(path.read_text()).get("wall_time_s") or 0.0)
+        except (OSError, ValueError):
+            continue
+    return 0.0
+
+
 def run(chapter: str, compute: Callable[[Any, Result], None], setup: Any) -> Result:
     """`compute(setup, result)` once per set-up and package code; later calls read the cached record."""
     path = cache_path(chapter, setup)
-    if path.exists() and os.environ.get("CLIPADAPT_RERUN") != "1":
+    if cached(chapter, setup):
         try:
             return Result(RunRecord.from_dict(json.loads(path.read_text())), setup, cached=True)
         except (json.JSONDecodeError, TypeError, KeyError) as e:
             print(f"{path} is unreadable ({e}); running {chapter} again")
-    activate(setup.profile)
+    profile = activate(setup.profile)
     seed_everything(setup.seed)
     record = RunRecord(chapter, setup.profile, setup.seed,
                        info={"setup": dataclasses.asdict(setup), "code": code_hash()})
     result = Result(record, setup)
     t0 = time.time()
-    compute(setup, result)
+    with torch_threads(profile.threads):
+        compute(setup, result)
     record.wall_time_s = round(time.time() - t0, 2)
     text = record.to_json()
     atomic_write(path, lambda p: p.write_text(text))

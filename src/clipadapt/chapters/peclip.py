@@ -23,6 +23,7 @@ from ..methods import peclip
 from ..models import load_backbone
 from ..models.prompts import MultiModalPrompts
 from ..profiles import get_profile
+from ..utils import spawn_seeds
 from . import core
 
 NAME = "01_peclip"
@@ -93,7 +94,7 @@ def example_clips(s: Setup):
     """One generated clip per expression (frames, apex, labels) for the chapter's picture, or None off the clips."""
     if s.dataset != "clips":
         return None
-    show = clips.make_clips(7 * 12, s.frames, s.seed + 100)
+    show = clips.make_clips(7 * 12, s.frames, spawn_seeds(s.seed, 1, "clips shown")[0])
     pick = [int(np.flatnonzero(show.labels == k)[0]) for k in range(len(EXPRESSIONS))]
     return [{"expression": EXPRESSIONS[show.labels[i]], "frames": show.frames[i], "apex": int(show.apex[i])}
             for i in pick]
@@ -144,7 +145,7 @@ def compute(s: Setup, r: core.Result) -> None:
         which = s.folds or tuple(range(1, dfer.get_dfer(s.dataset).folds + 1))
         folds = {f: dfer.load_dfer(s.dataset, bb.preprocess, f, s.data_root, s.frames) for f in which}
     first_fold = next(iter(folds))
-    seeds = [s.seed + i for i in range(s.n_seeds)]
+    seeds = core.run_seeds(s)
     r.add_table("folds", pd.DataFrame([{"fold": f, **{k: len(d[k]) for k in ("train", "val", "test")}}
                                        for f, d in folds.items()]), index=False)
 

@@ -94,7 +94,7 @@ def methods(s: Setup) -> dict[str, dict]:
         "SPT, unstructured only": {"method": "spt-unstructured", "budget": budget},
         "SPT, structured only": {"method": "spt-structured", "budget": budget},
     }
-    return {**claim, **{k: {**v, "seeds": [s.seed]} for k, v in extras.items()}}
+    return {**claim, **{k: {**v, "seeds": core.run_seeds(s)[:1]} for k, v in extras.items()}}
 
 
 def suite_benchmark(load_model, tasks, methods: dict[str, dict], seeds=(0,), fit_cfg=None, show_progress: bool = True,
@@ -191,7 +191,7 @@ def compute(s: Setup, r: core.Result) -> None:
     r.add_table("tasks", pd.DataFrame([{"group": t.group, "task": t.name, "classes": len(t.classes),
                                         "train": len(t.x_train), "val": len(t.x_val), "test": len(t.x_test)}
                                        for t in ts]), index=False)
-    seeds = [s.seed + i for i in range(s.n_seeds)]
+    seeds = core.run_seeds(s)
     load = lambda n_classes: load_vit(s.profile, n_classes, s.model, checkpoint=s.checkpoint)   # noqa: E731
     fit = TrainSpec(epochs=s.epochs, lr=s.lr, warmup=min(1.0, s.warmup_epochs / s.epochs), num_workers=s.num_workers)
     ms = methods(s)
@@ -225,7 +225,7 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("spt_n_tasks", len(on_vtab.task.unique()))
     r.text("spt_n_seeds", s.n_seeds)
     r.text("spt_epochs", s.epochs)
-    r.text("spt_seed", s.seed)
+    r.text("spt_seed", seeds[0])
 
     # is SPT's choice better than a blind one: per seed
     per_seed = vm.unstack(0)[list(CLAIM)]
@@ -244,7 +244,7 @@ def compute(s: Setup, r: core.Result) -> None:
     depth = len(load(2).model.blocks)
     grids = []
     for t in ts:
-        spent, structured = allocation_grid(allocations[(t.name, "SPT-LoRA", s.seed)], depth)
+        spent, structured = allocation_grid(allocations[(t.name, "SPT-LoRA", seeds[0])], depth)
         grid = spent.stack().rename("spent").to_frame().join(structured.stack().rename("structured"))
         grids.append(grid.rename_axis(["block", "matrix"]).reset_index().assign(task=t.name))
     r.add_table("allocation", pd.concat(grids), index=False)

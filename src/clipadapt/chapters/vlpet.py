@@ -19,6 +19,7 @@ from ..data import vladapter, vltasks
 from ..methods import vlpet
 from ..models import load_backbone, seq2seq
 from ..profiles import get_profile
+from ..utils import spawn_seeds
 from . import core
 
 NAME = "02_vlpet"
@@ -81,7 +82,7 @@ def run(s: Setup) -> core.Result:
 
 
 def seeds(s: Setup) -> list[int]:
-    return [s.seed + i for i in range(s.n_seeds)] if s.lm == "tiny-vl-bart" else list(PAPER_SEEDS[:s.n_seeds])
+    return core.run_seeds(s) if s.lm == "tiny-vl-bart" else list(PAPER_SEEDS[:s.n_seeds])
 
 
 def data(s: Setup) -> dict:
@@ -89,8 +90,9 @@ def data(s: Setup) -> dict:
     or VL-Adapter's restored features and the official splits."""
     if s.lm == "tiny-vl-bart":
         clip = load_backbone("ci")
-        d = {"train": vltasks.make_vl_split(s.n_scenes, s.n_train or 600, s.seed + 20_001),
-             "test": vltasks.make_vl_split(max(s.n_scenes // 3, 2), s.n_test or 200, s.seed + 30_001)}
+        d = {"train": vltasks.make_vl_split(s.n_scenes, s.n_train or 600, spawn_seeds(s.seed, 1, "train split")[0]),
+             "test": vltasks.make_vl_split(max(s.n_scenes // 3, 2), s.n_test or 200,
+                                           spawn_seeds(s.seed, 1, "test split")[0])}
         for k in ("train", "test"):
             d[f"{k}_feats"] = seq2seq.clip_grid_features(clip.model, clip.preprocess, d[k].images)
         return d
