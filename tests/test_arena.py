@@ -106,13 +106,13 @@ def test_text_classifiers_refuse_tasks_without_class_names(digits):
 
 
 def test_full_fine_tuning_trains_at_its_share_of_the_learning_rate(digits, monkeypatch):
-    from clipadapt import finetune
-    seen, real = {}, finetune.fit_classifier
+    from clipadapt.arena import core
+    seen, real = {}, core.fit_classifier
 
     def spy(model, train, test, cfg, **kw):
         seen[len(seen)] = cfg.lr
         return real(model, train, test, cfg, **kw)
-    monkeypatch.setattr(finetune, "fit_classifier", spy)
+    monkeypatch.setattr(core, "fit_classifier", spy)
     arena.run(["LoRA", "full fine-tuning", "full fine-tuning (CLIP)"], [digits], seeds=(0,), cfg=QUICK,
               show_progress=False)
     assert list(seen.values()) == pytest.approx([QUICK.fit.lr, QUICK.fit.lr * QUICK.full_lr_scale,

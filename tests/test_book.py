@@ -252,10 +252,11 @@ def test_contrastive_da_page_shows_the_run(built_book):
 
 @pytest.mark.slow
 def test_peclip_claims_on_ci(ci_chapters):
-    """PE-CLIP's claims on the generated face clips (2 seeds): the full model beats a linear probe on the frozen
-    features and zero-shot on UAR; the temporal adapter beats mean pooling; describing the classes by Action Units
-    beats their names zero-shot (on the apex frame, where the text side alone is tested: whole clips are near
-    chance for both).
+    """PE-CLIP's claims on the generated face clips (2 seeds): the full model beats zero-shot on UAR by a wide margin
+    and describing the classes by Action Units beats their names zero-shot (on the apex frame, where the text side
+    alone is tested: whole clips are near chance for both). Whether it beats a linear probe on the frozen features,
+    and whether the temporal adapter beats mean pooling, is seed noise at this size (below), so the test asks only
+    that the chapter reports those claims per seed; the page glues their verdicts.
 
     Margins from the run that set the test (400 training clips, batch 8, 7 epochs), per seed 0 / 1: PE-CLIP minus
     the linear probe +7.2 / +9.2, minus zero-shot +27.2 / +30.8; TDA minus mean pooling +0.7 / +4.5 (with 6 epochs
@@ -267,14 +268,19 @@ def test_peclip_claims_on_ci(ci_chapters):
     machine gave PE-CLIP minus the probe +0.3 / +1.7, minus zero-shot +27.2 / +29.9, TDA minus mean pooling +3.2 /
     +5.1, apex interval from +11.8. The test asks for a gain over the probe on every seed (the sign, which held on
     both builds; its size depends on the build), +10 over zero-shot, a non-negative mean for TDA over mean pooling,
-    and a bootstrap interval above zero."""
+    and a bootstrap interval above zero.
+
+    With the run seeds spawned from seed 0 and one thread per run, PE-CLIP minus the probe was -4.5 / -8.8 and TDA
+    minus mean pooling -8.3 / -8.1, while minus zero-shot stayed +23.0 / +18.0 and the apex interval started at +11.8:
+    over three draws the probe comparison ranged from -8.8 to +9.2. The test keeps what held on every draw: +10 over
+    zero-shot on every seed and an apex interval above zero."""
     r = chapter_result("peclip")
     m = r.metrics
-    assert m["uar_gain_min[PE-CLIP − linear probe]"] > 0.0, m
     assert m["uar_gain_min[PE-CLIP − zero-shot (AU)]"] >= 10.0, m
-    assert m["uar_gain_mean[TDA − mean pooling]"] >= 0.0, m
     assert m["apex_zero_shot_uar_gain_ci_low"] > 0.0, m
-    assert r.claims["pe_probe"].outcome == "every" and len(r.claims["pe_probe"].per_seed) == 2, r.claims
+    for key in ("pe_probe", "pe_tda", "pe_zs"):
+        assert len(r.claims[key].per_seed) == 2, r.claims
+    assert r.claims["pe_zs"].outcome == "every", r.claims
 
 
 @pytest.mark.slow
@@ -295,8 +301,12 @@ def test_vlpet_claims_on_ci(ci_chapters):
     test guards
     what the chapter's prose says about the run: full fine-tuning first by far (+63 over the next row), the claim's
     gaps negative, every parameter-efficient method below the untrained model's caption CIDEr (691 against at most
-    510), every gated variant below VL-Adapter on captions (by 26 or more), and VL-PET-large's loss on the first batch
-    above VL-Adapter's (1.08 against 0.95). If a change makes the claim reproduce, this test fails and the prose must be revisited."""
+    510), and VL-PET-large's loss on the first batch above VL-Adapter's (1.08 against 0.95). If a change makes the
+    claim reproduce, this test fails and the prose must be revisited.
+
+    Whether the gated variants lose more caption quality than VL-Adapter is seed noise at this size: below it by 26
+    or more with seeds 0-2, all above it with the seeds spawned from seed 0 (VL-PET-large 476 against 457); the prose
+    glues the count."""
     r = chapter_result("vlpet")
     m = r.metrics
     rows = {k[len("average["):-1] for k in m if k.startswith("average[")}
@@ -306,7 +316,8 @@ def test_vlpet_claims_on_ci(ci_chapters):
     assert m["average_gain_mean[vs vl-adapter]"] < 0 and m["average_gain_mean[vs lora]"] < 0, m
     assert all(m[f"caption[{x}]"] < m["caption[pretrained, no training]"] for x in pet), m
     gated = {x for x in pet if x.startswith("vl-pet") or x == "vl-adapter+g-large"}
-    assert all(m[f"caption[{x}]"] < m["caption[vl-adapter]"] for x in gated), m
+    below = sum(m[f"caption[{x}]"] < m["caption[vl-adapter]"] for x in gated)
+    assert r.texts["vl_gated_caption_en"].startswith(f"{below} of the {len(gated)} gated"), r.texts
     assert m["first_loss[vl-pet-large]"] > m["first_loss[vl-adapter]"], m
     assert r.claims["vl"].outcome == "none" and len(r.claims["vl"].per_seed) == 3, r.claims
 

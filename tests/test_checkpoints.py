@@ -154,8 +154,7 @@ def test_an_arena_run_reads_stored_jobs_back_with_their_weights(tmp_path, monkey
     weights = store.get("k", "digits", "LoRA", 0)["weights"]
     assert any("lora" in n for n in weights)
     assert sum(w.numel() for w in weights.values()) == first.set_index("method").loc["LoRA", "trainable"]
-    import clipadapt.finetune as ft
-    monkeypatch.setattr(ft, "fit_classifier", lambda *a, **k: pytest.fail("a stored job trained again"))
+    monkeypatch.setattr(arena_core, "fit_classifier", lambda *a, **k: pytest.fail("a stored job trained again"))
     again = list(arena_core._runs(["LoRA"], [task], (0,), cfg, "ci", False, store=store,
                                   key=("k",)))
     (_, _, _, built, row), = again

@@ -19,6 +19,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .bench import count_parameters, time_per_step, training_memory
+from .data.clips import EXPRESSIONS
+from .data.corruptions import CORRUPTIONS
+from .data.registry import get_spec
+from .methods import build_method, peclip, spt, vlpet
+from .methods.batclip import PAPER_SETUPS
+from .models.loader import load_clip
+from .models.seq2seq import VLModel, paper_lm_config
+from .utils import progress
+
 # dense bf16 tensor-core peaks from NVIDIA's datasheets (A100: "A100 Tensor Core GPU" datasheet; H100 SXM: "H100
 # Tensor Core GPU" datasheet; T4 has no bf16, its fp16 peak: "T4 Tensor Core GPU" datasheet), TFLOP/s
 GPU_PEAK_TFLOPS = {"T4 (Colab)": 65.0, "A100": 312.0, "H100 SXM": 989.0}
@@ -48,7 +58,6 @@ def step_cost(model: nn.Module, loss_fn: Callable[[], torch.Tensor], train: bool
     """Operations (GFLOP) of one step (forward + backward when `train`) and its memory (MiB, see bench)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .bench import count_parameters, training_memory
     with FlopCounterMode(display=False) as fc:
         if train:
             mem = training_memory(model, loss_fn)
@@ -80,7 +89,6 @@ def at_paper_size(setup: StepSetup, model: nn.Module | None = None) -> dict[str,
 
 def time_step(setup: StepSetup, model: nn.Module, device: str, repeats: int = 3) -> float:
     """Median seconds of one real step at the paper sizes on `device` (bf16 autocast and AdamW on a GPU)."""
-    from .bench import time_per_step
     model = model.to(device)
     loss_fn = setup.loss(model, setup.paper)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -106,7 +114,6 @@ def paper_costs(setups: list[StepSetup], utilisation: float = 0.4, gpu: str = "A
     seconds per step and the GPU-hours they give."""
     import pandas as pd
 
-    from .utils import progress
     if gpu not in GPU_PEAK_TFLOPS:
         raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPU_PEAK_TFLOPS)}")
     if not 0 < utilisation <= 1:
@@ -141,7 +148,6 @@ def _label(method: str) -> str:
 
 
 def _clip(name: str = "ViT-B-16"):
-    from .models.loader import load_clip
     return load_clip(name, None)
 
 
@@ -152,8 +158,6 @@ def _ce(model, x, k):
 def peclip_setup(batch_clips: int = 4, frames: int = 16) -> StepSetup:
     """PE-CLIP on DFEW: ViT-B/16 with ShA, TDA and prompts (depth 9, 2 vectors), AU texts; clips of 16 frames,
     batch 4 clips (the official defaults). The variable is the frames in the batch (clips x frames)."""
-    from .data.clips import EXPRESSIONS
-    from .methods import peclip
 
     def build():
         clip = _clip()
@@ -172,8 +176,6 @@ def vlpet_setup(method: str = "vl-pet-large", batch: int = 500, text_tokens: int
     answer or caption (assumed: the prompt plus a short question; targets are capped at 20 generated tokens)."""
     from transformers import BartForConditionalGeneration
 
-    from .methods import vlpet
-    from .models.seq2seq import VLModel, paper_lm_config
 
     def build():
         return vlpet.apply_method(VLModel(BartForConditionalGeneration(paper_lm_config("bart-base")), None, 2048),
@@ -209,10 +211,6 @@ def batclip_setup(dataset: str = "imagenet-c") -> StepSetup:
     """BATCLIP on a corruption benchmark: ViT-B/16 with only the LayerNorms of both towers trained, one step per test
     batch (64 on ImageNet-C, 200 on CIFAR), the text tower over every class prompt each step; all 15 corruptions at
     one severity, every image of the release."""
-    from .data.corruptions import CORRUPTIONS
-    from .data.registry import get_spec
-    from .methods import build_method
-    from .methods.batclip import PAPER_SETUPS
     spec, batch = get_spec(dataset), PAPER_SETUPS[dataset]["batch_size"]
 
     tokenizer = {}
@@ -241,7 +239,6 @@ def spt_setup(method: str = "spt-lora", budget: int = 800_000, tasks: int = 19, 
     `epochs` each; the sensitivity pass (16 batches of 32) is small beside that and left out."""
     import timm
 
-    from .methods import spt
 
     def build():
         vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100)

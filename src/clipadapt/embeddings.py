@@ -22,6 +22,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .eval import encode_images
+from .models.loader import load_clip
+from .models.pretrain import tiny_checkpoint_path
+from .models.tiny import TINY_NAME, TINY_TAG
+from .transforms import preprocess_batch
 from .utils import cache_dir, progress
 
 ENCODERS = {"all-MiniLM-L6-v2": "text", "bert-base-uncased": "text", "clipadapt-tiny": "image",
@@ -69,15 +74,10 @@ def load_encoder(name: str, device: str = "cpu") -> Encoder:
         enc = lambda texts: st.encode(list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False)
         return Encoder(name, "text", fp, st.get_embedding_dimension(), enc)
     if name == "clipadapt-tiny":
-        from .eval import encode_images
-        from .models.loader import load_clip
-        from .models.pretrain import tiny_checkpoint_path
-        from .models.tiny import TINY_NAME, TINY_TAG
         clip = load_clip(TINY_NAME, TINY_TAG, device=device)
         enc = lambda ims: encode_images(clip.model, clip.preprocess, ims, device=device).numpy()
         return Encoder(name, "image", tiny_checkpoint_path().stem, clip.model.visual.output_dim, enc)
     import timm
-    from .transforms import preprocess_batch
     vit = timm.create_model(name, pretrained=True, num_classes=0).to(device).eval()
     cfg = timm.data.resolve_data_config({}, model=vit)   # a direct resize to 224 x 224, as HF's ViT feature extractor
     tf = timm.data.create_transform(input_size=cfg["input_size"], crop_pct=1.0, crop_mode="squash",

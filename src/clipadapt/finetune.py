@@ -27,6 +27,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from . import engine
 from .engine import TrainSpec
 from .eval import accuracy
+from .transforms import preprocess_batch
 
 
 class ImageSet(Dataset):
@@ -42,7 +43,6 @@ class ImageSet(Dataset):
         return len(self.labels)
 
     def __getitem__(self, idx: Sequence[int]):
-        from .transforms import preprocess_batch
         return preprocess_batch(self.transform, [np.asarray(self.images[int(i)]) for i in idx]), self.labels[list(idx)]
 
 

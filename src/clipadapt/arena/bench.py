@@ -2,9 +2,16 @@
 (`python -m clipadapt.arena bench`)."""
 from __future__ import annotations
 
+from ..bench import count_parameters, time_per_step
+from ..data import vtab
+from ..engine import TrainSpec
+from ..finetune import fit_classifier
 from ..methods import build_method
+from ..methods import spt as spt_mod
+from ..models.loader import load_backbone
+from ..profiles import activate, get_profile
+from ..utils import progress, seed_everything
 from .core import ARENA, FULL, ArenaConfig, Context, _dataset, _vit, build, get_method, step_memory_mb
-
 
 RATIO_NEEDS = {   # ratio -> arena methods it needs (test-time methods come from clipadapt.methods' registry)
     "BATCLIP s per batch / zero-shot s per batch": ("zero-shot",),
@@ -27,14 +34,6 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
       with a linear head, or CLIP's two towers with the text head), and its trainable parameters against its total.
     Every timing is the median of `repeats` after one warm-up; the raw values are returned too.
     """
-    from ..bench import count_parameters, time_per_step
-    from ..data import vtab
-    from ..engine import TrainSpec
-    from ..finetune import fit_classifier
-    from ..methods import spt as spt_mod
-    from ..models.loader import load_backbone
-    from ..profiles import get_profile
-    from ..utils import progress, seed_everything
     cfg = cfg or ArenaConfig()
     dev = get_profile(profile).device
     methods = [get_method(m).name for m in methods] if methods is not None else list(ARENA)
@@ -109,7 +108,6 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from ..profiles import activate
     p = argparse.ArgumentParser(prog="python -m clipadapt.arena", description="The arena's benchmark: efficiency "
                                 "ratios measured in one run, printed and saved with the raw timings.")
     sub = p.add_subparsers(dest="cmd", required=True)

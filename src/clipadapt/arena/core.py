@@ -11,9 +11,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bench import count_parameters, training_memory
+from ..checkpoints import JobStore, load_weights
+from ..data.vtab import CLASSNAMES_KEY, has_class_names
 from ..engine import TrainSpec
+from ..finetune import ImageSet, batches, fit_classifier, labels_of, predict
 from ..methods import build_method, method_class
+from ..methods import contrastive_da as da
 from ..methods.base import ClassTexts
+from ..models.loader import load_backbone
+from ..models.vit import clip_image_tower
+from ..profiles import get_profile
+from ..transforms import preprocess_batch
+from ..utils import progress, seed_everything
 
 TEMPLATE = "a photo of a {}."
 
@@ -105,7 +115,6 @@ def get_method(name: str) -> ArenaMethod:
 # ---- building a row's model through the registry
 
 def _vit(ctx: Context) -> nn.Module:
-    from ..models.vit import clip_image_tower
     return clip_image_tower(ctx.clip.model.visual, len(ctx.classes))
 
 
@@ -174,9 +183,6 @@ def _contrastive(ctx: Context) -> Built:
     """The frozen CLIP image embeddings of every image, a contrastive projection head trained on the labelled ones
     (`contrastive_da.train_head`: the authors' head and pair loss), and a logistic regression on its outputs (the
     downstream classifier of that chapter that needs no tuning)."""
-    from ..bench import training_memory
-    from ..finetune import batches, labels_of
-    from ..methods import contrastive_da as da
     clip = ctx.clip.model.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -213,8 +219,6 @@ def few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
 
 def step_memory_mb(model: nn.Module, data, batch_size: int) -> float:
     """The memory one training step holds at `batch_size` (weights, gradients and Adam, saved activations)."""
-    from ..bench import training_memory
-    from ..finetune import batches
     dev = next(model.parameters()).device
     x, y = (t.to(dev) for t in next(iter(batches(data, batch_size))))
     return training_memory(model, lambda: nn.functional.cross_entropy(model(x), y))["total_mb"]
@@ -238,13 +242,6 @@ def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: 
           store=None, key=()):
     """Yield (task, method, seed, built, row) for every task, seed and method: the adapted model and its table row
     (read back from `store` with its trained weights when the job is stored)."""
-    from ..bench import count_parameters
-    from ..checkpoints import JobStore, load_weights
-    from ..data.vtab import has_class_names
-    from ..finetune import fit_classifier, predict
-    from ..models.loader import load_backbone
-    from ..profiles import get_profile
-    from ..utils import progress, seed_everything
     device = get_profile(profile).device
     chosen = [get_method(m) for m in methods]
     for task in tasks:
@@ -297,7 +294,6 @@ def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: 
 
 
 def _named_vtab1k() -> list[str]:
-    from ..data.vtab import CLASSNAMES_KEY
     return ["cifar", *CLASSNAMES_KEY]
 
 
@@ -306,8 +302,6 @@ def _dataset(clip, images, labels):
     VTAB-1k test splits of up to 26k images at 224 px) transformed per batch."""
     from torch.utils.data import TensorDataset
 
-    from ..finetune import ImageSet
-    from ..transforms import preprocess_batch
     if isinstance(images, np.ndarray) and images.ndim == 5:   # clips: n x T x H x W x 3, every frame preprocessed
         x = preprocess_batch(clip.preprocess, images.reshape(-1, *images.shape[2:]))
         return TensorDataset(x.reshape(*images.shape[:2], *x.shape[1:]), torch.as_tensor(labels, dtype=torch.long))

@@ -8,6 +8,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.microworld import LabelledSet
+from ..data.streams import GeneratedC
+from ..eval import accuracy
+from ..methods.batclip import batclip_losses
+from ..methods.peclip import TEMPERATURE
+from ..methods.tta import entropy, layer_norms
+from ..models.loader import load_backbone
+from ..profiles import get_profile
+from ..transforms import preprocess_batch
 from .core import ArenaConfig, FramePooled, ImagesAsClips, _runs, get_method
 
 TEST_TIME = ("none", "Tent", "BATCLIP")
@@ -19,7 +28,6 @@ def feature_view(model: nn.Module):
     recomputed on every call so the text tower can adapt) or the image tower with a linear head (its rows)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..methods.peclip import TEMPERATURE
     if isinstance(model, ImagesAsClips):
         def view(x):
             image, text = model.inner.features(x.unsqueeze(1))
@@ -49,7 +57,6 @@ class OnTop(nn.Module):
     def __init__(self, model: nn.Module, kind: str, optimizer: str = "adamw", lr: float = 1e-3,
                  weight_decay: float = 0.01):
         super().__init__()
-        from ..methods.tta import layer_norms
         if kind not in TEST_TIME:
             raise ValueError(f"unknown test-time method {kind!r}; choose from {', '.join(TEST_TIME)}")
         self.model, self.kind, self.view = model, kind, feature_view(model)
@@ -66,8 +73,6 @@ class OnTop(nn.Module):
         self.optimizer = opt(self.params, lr=lr, weight_decay=weight_decay) if self.params else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from ..methods.batclip import batclip_losses
-        from ..methods.tta import entropy
         if self.optimizer is None:
             with torch.no_grad():
                 return self.view(images)[0]
@@ -112,12 +117,6 @@ def robustness(methods, task, source=None, seeds=(0, 1, 2), cfg: ArenaConfig | N
 
     import pandas as pd
 
-    from ..data.microworld import LabelledSet
-    from ..data.streams import GeneratedC
-    from ..eval import accuracy
-    from ..models.loader import load_backbone
-    from ..transforms import preprocess_batch
-    from ..profiles import get_profile
     cfg, rcfg = cfg or ArenaConfig(), rcfg or RobustnessConfig()
     device = get_profile(profile).device
     if source is None:

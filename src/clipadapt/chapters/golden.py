@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from ..utils import atomic_write
+from . import CHAPTERS, get
 from .core import Result
 
 # absolute in the metric's unit (points for accuracies and their differences), for 0-1 scores (AUC, shares) `abs01`
@@ -88,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     record and print what moved; `--write` stores the runs as the new records."""
     import argparse
 
-    from . import CHAPTERS, get
     ap = argparse.ArgumentParser(prog="clipadapt golden", description=main.__doc__)
     ap.add_argument("chapters", nargs="*", help=f"chapters (default: all): {', '.join(CHAPTERS)}")
     ap.add_argument("--write", action="store_true", help="store the runs as the golden records")

@@ -218,6 +218,16 @@ def compute(s: Setup, r: core.Result) -> None:
     for key, col in (("vl_gain_adapter", "vs vl-adapter"), ("vl_gain_adapter_qa", "vs vl-adapter (QA average)"),
                      ("vl_gain_lora", "vs lora")):
         r.text(key, f"{diffs[col].mean():+.1f}" if col in diffs else "(not run)")
+    gated = [m for m in summary.index if m.startswith("vl-pet") or m == "vl-adapter+g-large"]
+    if gated and "vl-adapter" in summary.index:
+        lost_more = sum(summary.loc[m, "caption"] < summary.loc["vl-adapter", "caption"] for m in gated)
+        r.text("vl_gated_caption_en", f"{lost_more} of the {len(gated)} gated variants lost more of it than the "
+                                      "ungated adapter")
+        r.text("vl_gated_caption_ja", f"ゲート付きの {len(gated)} 版のうち {lost_more} 版は、ゲートのないアダプタよりも"
+                                      "多くを失いました")
+    else:
+        r.text("vl_gated_caption_en", "the gated variants were not compared with the ungated adapter in this run")
+        r.text("vl_gated_caption_ja", "この実行ではゲート付きの版とゲートのないアダプタを比べていません")
     first_seed = runs[(runs.seed == run_seeds[0]) & runs["loss"].notna()]   # every method sees the same first batch
     loss0 = first_seed.set_index("method")["loss"].map(lambda ls: ls[0])
     for m, v in loss0.items():

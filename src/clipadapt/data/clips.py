@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .faces import AUS, IMAGE_SIZE, Identity, render_face
+from .vtab import Task
 
 # DFEW's label order, and the AUs of PE-CLIP's `class_descriptor_7` descriptions
 EXPRESSIONS = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
@@ -83,7 +84,6 @@ def make_split(n_train: int, n_val: int, n_test: int, frames: int = 16, seed: in
 def as_task(n_train: int = 400, n_test: int = 200, frames: int = 8, seed: int = 0):
     """The face clips as a `clipadapt.data.vtab.Task` (group "video", the expressions' names as classes; x arrays are
     n x T x 48 x 48 x 3), for methods compared across tasks (the arena); no validation split is drawn."""
-    from .vtab import Task
     split = make_split(n_train, 0, n_test, frames, seed)
     tr, te = split["train"], split["test"]
     empty = tr.frames[:0]

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..transforms import preprocess_batch
 from .clips import EXPRESSIONS
 from .real import DatasetMissingError
+from .registry import data_root
 
 AFEW_ORDER = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")   # alphabetical, as listed
 LISTS_URL = "https://raw.githubusercontent.com/SAADI-Ibtissam/PE-CLIP/main/annotation/{}"
@@ -67,7 +69,6 @@ def get_dfer(name: str) -> DferSpec:
 
 
 def dfer_root(name: str, root=None) -> Path:
-    from .registry import data_root
     return (Path(root) if root is not None else data_root()) / "dfer" / name
 
 
@@ -135,7 +136,6 @@ class VideoFiles(torch.utils.data.Dataset):
     def __getitem__(self, idx):
         from PIL import Image
 
-        from ..transforms import preprocess_batch
         videos = [preprocess_batch(self.transform, [np.asarray(Image.open(f).convert("RGB")) for f in self.frames(int(i))])
                   for i in idx]
         return torch.stack(videos), self.labels[list(idx)]

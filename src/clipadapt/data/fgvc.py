@@ -15,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .real import require_files
+from .registry import ImageFiles, data_root
+from .vtab import Task
+
 # name -> (number of classes, what the source folder of the official release holds)
 FGVC = {
     "cub": (200, "CUB_200_2011/ with images.txt, image_class_labels.txt, train_test_split.txt, images/"),
@@ -27,7 +31,6 @@ VAL_FRACTION, SPLIT_SEED = 0.1, 0
 
 
 def fgvc_root(root=None) -> Path:
-    from .registry import data_root
     return (Path(root) if root is not None else data_root()) / "fgvc"
 
 
@@ -60,7 +63,6 @@ def convert(name: str, source: Path) -> dict[str, dict[str, int]]:
     the parent of `source`, i.e. starting with "source/")."""
     from scipy.io import loadmat
 
-    from .real import require_files
     _check(name)
     source = Path(source)
     pre = source.name
@@ -106,9 +108,6 @@ def write_splits(name: str, root=None) -> Path:
 
 def load_fgvc(name: str, root=None):
     """One FGVC dataset as a `clipadapt.data.vtab.Task` (group "fgvc") of lazily read images."""
-    from .real import require_files
-    from .registry import ImageFiles
-    from .vtab import Task
     _check(name)
     folder = fgvc_root(root) / name
     require_files(folder, ("train.json", "val.json", "test.json"), f"FGVC dataset {name}",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..utils import progress as bar
 from . import faces, real, shapes
 
 DATA_VERSION = "mw-1"  # bump when a generator changes what it draws
@@ -40,7 +41,6 @@ def pretraining_corpus(seed: int, n_shapes: int, n_faces: int, n_fashion: int, p
     """The pretraining mixture. Same arguments, same corpus."""
     if seed >= HELDOUT_SEED:
         raise ValueError(f"pretraining seeds must be < {HELDOUT_SEED} (held-out sets use the seeds above)")
-    from ..utils import progress as bar
     rng = np.random.default_rng(seed)
     c = Corpus()
     with bar(total=3, desc="micro-world corpus", disable=not progress) as pb:

@@ -13,19 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from .listings import Domain
+from .real import DatasetMissingError
+from .registry import ImageFiles, data_root
 
 CLASSES = ("drama", "comedy")
 
 
 def mmimdb_root(root=None) -> Path:
-    from .registry import data_root
     return (Path(root) if root is not None else data_root()) / "mmimdb"
 
 
 def load_mmimdb(root=None) -> Domain:
     """Drama-vs-Comedy movies of MM-IMDb: posters (read lazily), first plot summaries and labels, sorted by id."""
-    from .real import DatasetMissingError
-    from .registry import ImageFiles
     folder = mmimdb_root(root) / "dataset"
     if not folder.is_dir():
         raise DatasetMissingError(

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .real import DatasetMissingError
+from .registry import data_root
 from .vltasks import TASKS, VLExample, VLSplit
 
 FEATURES = "clip_features/data_clip_RN101_att"
@@ -50,12 +51,10 @@ KARPATHY = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
 def vladapter_root(root=None) -> Path:
     """<data root>/vl-adapter/datasets, the folder `prepare_vladapter.py --root <data root>` fills."""
-    from .registry import data_root
     return (Path(root) if root is not None else data_root()) / "vl-adapter" / "datasets"
 
 
 def prepare_command(root=None, folders=None) -> str:
-    from .registry import data_root
     cmd = f"python data_scripts/prepare_vladapter.py --root {Path(root) if root is not None else data_root()}"
     return cmd + "".join(f" --datasets {f}" for f in folders or ())
 

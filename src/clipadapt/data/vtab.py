@@ -25,6 +25,8 @@ import numpy as np
 from . import real, shapes
 from .corruptions import corrupt_batch
 from .microworld import HELDOUT_SEED
+from .real import require_files
+from .registry import CIFAR100_CLASSES, ImageFiles, data_root
 
 GROUPS = {"natural": ("fashion-mnist", "digits"), "specialized": ("textile", "noisy-fashion"),
           "structured": ("orientation", "tilt")}
@@ -53,7 +55,6 @@ class Task:
     def x_trainval(self):
         if isinstance(self.x_train, np.ndarray):
             return np.concatenate([self.x_train, self.x_val])
-        from .registry import ImageFiles   # the paper profile's lazily read files
         return ImageFiles(self.x_train.paths + self.x_val.paths)
 
     @property
@@ -158,7 +159,6 @@ def vtab1k_classnames(name: str) -> tuple[str, ...]:
     from importlib.resources import files
     k = VTAB1K[name][1]
     if name == "cifar":   # VTAB's cifar is CIFAR-100, in its label order (as CIFAR-100-C)
-        from .registry import CIFAR100_CLASSES
         return CIFAR100_CLASSES
     if name not in CLASSNAMES_KEY:
         return tuple(str(i) for i in range(k))
@@ -174,12 +174,10 @@ def has_class_names(task: Task) -> bool:
 
 
 def vtab1k_root(root=None) -> Path:
-    from .registry import data_root
     return (Path(root) if root is not None else data_root()) / "vtab-1k"
 
 
 def _read_list(folder: Path, split: str):
-    from .registry import ImageFiles
     lines = [ln.split() for ln in (folder / f"{split}.txt").read_text().splitlines() if ln.strip()]
     return ImageFiles([folder / p for p, _ in lines]), np.array([int(y) for _, y in lines], dtype=np.int64)
 
@@ -187,7 +185,6 @@ def _read_list(folder: Path, split: str):
 def load_vtab1k(name: str, root=None) -> Task:
     """One VTAB-1k task from `<root>/vtab-1k/<name>/{train800,val200,test}.txt` (lines "images/<split>/000000.jpg
     <label>"), the layout of the official export; images are read lazily."""
-    from .real import require_files
     if name not in VTAB1K:
         raise ValueError(f"unknown VTAB-1k task {name!r}; the 19 tasks are: {', '.join(VTAB1K)}")
     folder = vtab1k_root(root) / name

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..models.seq2seq import VLModel
 from ..utils import atomic_write
 
 BACKBONES = {
@@ -77,7 +78,6 @@ def backbone_kind(backbone) -> str:
     from timm.models.vision_transformer import VisionTransformer
     if isinstance(backbone, VisionTransformer):
         return "image"
-    from ..models.seq2seq import VLModel
     if isinstance(backbone, VLModel):
         return "vl"
     raise TypeError(f"a {type(backbone).__name__} is not a backbone the methods know; give one of: "

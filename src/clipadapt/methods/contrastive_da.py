@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bench import training_memory
 from ..engine import TrainSpec, train
+from ..finetune import batches, fit_classifier
 from ..utils import progress, seed_everything
-from .registry import register
 from .base import Method, option
+from .registry import register
+from .spt import full_finetune
 
 FUSIONS = ("joint", "per-modality")
 REPRESENTATIONS = ("raw", "pca", "head")
@@ -261,10 +264,6 @@ def finetuned_image_features(load_model, images: np.ndarray, y: np.ndarray, labe
     `load_model(num_classes)` returns a `clipadapt.models.vit.LoadedViT`. Returns (features of all rows, info with
     trainable parameters, seconds and the training memory of one step).
     """
-    from ..bench import training_memory
-    from ..engine import TrainSpec
-    from ..finetune import batches, fit_classifier
-    from .spt import full_finetune
     fit_cfg = fit_cfg or TrainSpec(epochs=10, warmup=0.1, eval_every=10, eval_last=1)
     lv = load_model(int(y.max()) + 1)
     model = full_finetune(lv.model)

@@ -25,8 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .registry import register
+from ..bench import count_parameters, training_memory
+from ..checkpoints import JobStore, load_weights
+from ..data.clips import AU_DESCRIPTIONS, EXPRESSIONS
+from ..engine import TrainSpec
+from ..eval import uar_war
+from ..finetune import batches, fit_classifier, labels_of, predict
+from ..models.prompts import MultiModalPrompts
+from ..transforms import preprocess_batch
+from ..utils import progress, seed_everything
 from .base import ClassTexts, Method, option
+from .registry import build_method, method_class, register
 
 REDUCTION = 8
 
@@ -148,7 +157,6 @@ class PEClip(nn.Module):
 
     def __init__(self, clip: nn.Module, tokenizer, class_texts, temporal: str = "tda", text_adapters: bool = True,
                  adapters: bool = True, prompts: bool = True, n_ctx: int = 2, depth: int = 9, sha: bool = True):
-        from ..models.prompts import MultiModalPrompts
         super().__init__()
         self.clip = add_adapters(clip, temporal, text_adapters, sha=sha) if adapters else clip.requires_grad_(False)
         self.prompts = MultiModalPrompts(clip, n_ctx, depth) if prompts else None
@@ -268,7 +276,6 @@ VARIANTS: dict[str, Variant] = {
 
 def class_texts(kind: str, expressions) -> list[str]:
     """The text per class: FACS AU descriptions (PE-CLIP, DFEW order) or the class names in the official template."""
-    from ..data.clips import AU_DESCRIPTIONS, EXPRESSIONS
     if kind == "au":
         if tuple(expressions) != EXPRESSIONS:
             raise ValueError(f"AU descriptions exist for the 7 DFEW classes in DFEW order {EXPRESSIONS}; got {expressions}")
@@ -283,7 +290,6 @@ def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expression
     logits. `options`: PEClipConfig fields (n_ctx, depth, lr_prompts), used by the rows that have them."""
     import dataclasses
 
-    from .registry import build_method, method_class
     if isinstance(variant, str):
         if variant not in VARIANTS:
             raise ValueError(f"unknown PE-CLIP variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -298,7 +304,6 @@ def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expression
 
 def video_dataset(frames: np.ndarray, labels, preprocess) -> TensorDataset:
     """In-memory clips (uint8 n x T x H x W x 3) preprocessed once: a list-indexed dataset of (n x T x 3 x S x S)."""
-    from ..transforms import preprocess_batch
     n, t = frames.shape[:2]
     x = preprocess_batch(preprocess, frames.reshape(n * t, *frames.shape[2:]))
     return TensorDataset(x.reshape(n, t, *x.shape[1:]), torch.as_tensor(np.asarray(labels), dtype=torch.long))
@@ -327,7 +332,6 @@ def _groups(model: nn.Module, method: Method, cfg: AblationConfig) -> list[dict]
 
 
 def uar_war_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from ..eval import uar_war
     uar, war = uar_war(pred, labels, N_CLASSES)
     return {"uar": uar, "war": war}
 
@@ -350,12 +354,6 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
 
     import pandas as pd
 
-    from ..bench import count_parameters, training_memory
-    from ..checkpoints import JobStore, load_weights
-    from ..data.clips import EXPRESSIONS
-    from ..engine import TrainSpec
-    from ..finetune import batches, fit_classifier, labels_of, predict
-    from ..utils import progress, seed_everything
     variants = variants or VARIANTS
     cfg, fit_cfg = cfg or AblationConfig(), fit_cfg or TrainSpec()
     expressions = tuple(expressions or EXPRESSIONS)

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .base import FAMILIES
+from .base import CONFIG, FAMILIES, WEIGHTS, config_from_dict
 
 _REGISTRY: dict[str, type] = {}
 
@@ -71,7 +71,6 @@ def load_trained(folder: str | os.PathLike, backbone):
     """A method saved by `Method.save`, put onto a fresh `backbone`: (method, model ready to predict)."""
     import torch
 
-    from .base import CONFIG, WEIGHTS, config_from_dict
     folder = Path(folder)
     if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder} has no saved method ({CONFIG} and {WEIGHTS}); save one with "

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .registry import register
+from ..finetune import batches
 from .base import Method, option
+from .registry import build_method, method_class, register
 
 NOT_RANKED = ("head", "cls_token", "patch_embed", "pos_embed")
 STRUCTURED_KINDS = ("lora", "adapter")
@@ -62,7 +63,6 @@ def sensitivity(model: nn.Module, data, batch_size: int = 32, n_batches: int = 1
     """
     from itertools import islice
 
-    from ..finetune import batches
     if len(data) < 1 or n_batches < 1:
         raise ValueError("sensitivity needs at least one batch of training images")
     ranked = ranked_parameters(model)
@@ -394,7 +394,6 @@ def prepare(method: str, model: nn.Module, data, **options) -> dict:
     """Make `model` (a timm ViT with the task's head) the registered `method`, in place; `options` are the
     method's config fields (budget, rank, seed, ...; those it does not have are ignored, None leaves the default).
     Returns what was done: the method, trainable count (head excluded), the allocation (SPT) and ranking seconds."""
-    from .registry import build_method, method_class
     fields = {f.name for f in dataclasses.fields(method_class(method).config_class)}
     m = build_method(method, **{k: v for k, v in options.items() if k in fields and v is not None})
     m.apply(model, data)

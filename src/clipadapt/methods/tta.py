@@ -22,8 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import PRECISIONS, distributed
-from .registry import register
+from ..eval import accuracy
+from ..transforms import preprocess_batch
+from ..utils import progress, seed_everything
 from .base import option
+from .registry import build_method, register
 
 
 @dataclass
@@ -138,9 +141,6 @@ class TTAMethod(nn.Module):
 
     def run_stream(self, images, labels, batch_size: int, preprocess, show_progress: bool = False) -> dict:
         """Adapt online over one stream of uint8 images in order; accuracy (%) of the predict-then-adapt logits."""
-        from ..eval import accuracy
-        from ..transforms import preprocess_batch
-        from ..utils import progress
         preds = []
         device = next(self.model.parameters()).device
         for i in progress(range(0, len(images), batch_size), desc=type(self).__name__, disable=not show_progress):
@@ -190,8 +190,6 @@ def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], cor
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from ..utils import progress, seed_everything
-    from .registry import build_method
 
     state = PartialState(cpu=not torch.cuda.is_available()) if distributed() else None   # gloo on a CPU launch
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .registry import register
 from .base import Method, option
+from .registry import build_method, register
 
 GRANULARITIES = ("large", "middlex", "middley", "small")
 METHODS = ("full", "vl-adapter", "lora", "bitfit", "prompt") + tuple(f"vl-pet-{g}" for g in GRANULARITIES) + (
@@ -337,7 +337,6 @@ REGISTRY_NAMES = {"full": "full-finetune", "prompt": "prompt-tuning", "vl-adapte
 
 def apply_method(model, method: str, cfg: VLPETConfig | None = None, base: BaselineConfig = BaselineConfig()):
     """The chapter's row `method` (a key of METHODS) on a `VLModel`, built through the registry; returns the model."""
-    from .registry import build_method
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     name = REGISTRY_NAMES.get(method, method)

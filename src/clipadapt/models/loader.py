@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from ..profiles import get_profile
 from ..utils import cache_dir
 from .pretrain import tiny_checkpoint_path
 from .tiny import TINY_NAME, TINY_TAG, register_configs
@@ -113,7 +114,6 @@ def _tiny_from_file(path: str, mtime_ns: int, device: str) -> LoadedCLIP:
 
 def load_backbone(profile: str, paper_model: tuple[str, str] = PAPER_DEFAULT, device: str | None = None) -> LoadedCLIP:
     """The chapter backbone of a profile: the tiny CLIP on `ci`, `paper_model` (name, tag) on `paper`."""
-    from ..profiles import get_profile
     prof = get_profile(profile)
     dev = device or prof.device
     if prof.name == "ci":

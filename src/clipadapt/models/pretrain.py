@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..transforms import preprocess_batch
+from ..data import microworld
+from ..data.microworld import DATA_VERSION
 from ..engine import TrainSpec, train
+from ..eval import zero_shot_accuracy
+from ..transforms import preprocess_batch
 from ..utils import atomic_write, cache_dir, seed_everything
 from .tiny import TINY_NAME, TINY_TAG, register_configs, tiny_config
 
@@ -41,7 +44,6 @@ def tiny_checkpoint_path() -> Path:
     """Where the tiny CLIP's weights live: the cache, keyed by the model config, the data version and this recipe."""
     import hashlib
 
-    from ..data.microworld import DATA_VERSION
     key = json.dumps([tiny_config(), DATA_VERSION, PretrainConfig().__dict__], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "tiny-clip" / f"{TINY_NAME}-{TINY_TAG}-{digest}.pt"
@@ -60,8 +62,6 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
     import open_clip
     from open_clip.loss import ClipLoss
 
-    from ..data import microworld
-    from ..eval import zero_shot_accuracy
 
     register_configs()
     seed_everything(cfg.seed)

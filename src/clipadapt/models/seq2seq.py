@@ -25,8 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import shapes, vltasks
+from ..data.microworld import DATA_VERSION, HELDOUT_SEED
+from ..data.vltasks import PROMPTS, VL_DATA_VERSION
 from ..engine import TrainSpec, train
+from ..transforms import preprocess_batch
 from ..utils import cache_dir, seed_everything
+from .loader import load_clip
+from .pretrain import tiny_checkpoint_path
+from .tiny import TINY_NAME, TINY_TAG
 
 # the real architectures the chapter counts parameters on (hub config values, built without weights)
 PAPER_LMS = {"bart-base": "facebook/bart-base", "t5-base": "google-t5/t5-base"}
@@ -63,7 +70,6 @@ def _words(text: str) -> list[str]:
 def build_word_tokenizer(sentences: list[str]):
     """A word-level fast tokenizer (`tokenizers` WordLevel in transformers' `PreTrainedTokenizerFast`) whose
     vocabulary is every word of `sentences` and of the task prompts; encodes 'words </s>' like BART's targets."""
-    from ..data.vltasks import PROMPTS
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     vocab = {t: i for i, t in enumerate(SPECIALS)}
@@ -184,7 +190,6 @@ def collate(examples, feats, tokenizer, with_targets: bool = True) -> dict:
     """A batch from `vltasks.VLExample`s: '<task prompt> <text>' tokens, the images' features (`feats[i]` is
     tokens x dim: a tensor, or the lazy `vladapter.H5Features`) with their image-order ids and a mask, and the target
     token ids (-100 on padding)."""
-    from ..data.vltasks import PROMPTS
     texts = [f"{PROMPTS[e.task]} {e.text}".strip() for e in examples]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
     n_tok = feats.shape[1]
@@ -215,7 +220,6 @@ def to_device(batch: dict, device) -> dict:
 def clip_grid_features(clip_model, preprocess, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """The frozen CLIP image tower's patch tokens (n x grid x width): the ci analogue of the paper's CLIP grid
     features, extracted once and never trained."""
-    from ..transforms import preprocess_batch
     visual = clip_model.visual
     old = visual.output_tokens
     visual.output_tokens = True
@@ -238,9 +242,6 @@ def _mask_words(ids: torch.Tensor, mask_id: int, p: float, gen: torch.Generator)
 
 
 def tiny_lm_dir(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig = LMPretrainConfig()) -> Path:
-    from ..data.microworld import DATA_VERSION
-    from ..data.vltasks import VL_DATA_VERSION
-    from .pretrain import tiny_checkpoint_path
     key = json.dumps([asdict(cfg), asdict(pcfg), DATA_VERSION, VL_DATA_VERSION, tiny_checkpoint_path().name],
                      sort_keys=True)
     return cache_dir() / "tiny-vl-bart" / hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -249,10 +250,6 @@ def tiny_lm_dir(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig = LMP
 def pretrain_tiny_lm(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig = LMPretrainConfig(),
                      out_dir: str | Path | None = None, show_progress: bool = True) -> dict:
     """Pretrain the tiny BART (denoising + captioning from tiny-CLIP patch tokens); save it when `out_dir` given."""
-    from ..data import shapes, vltasks
-    from ..data.microworld import HELDOUT_SEED
-    from .loader import load_clip
-    from .tiny import TINY_NAME, TINY_TAG
     seed_everything(pcfg.seed)
     corpus = vltasks.language_corpus(pcfg.n_text_scenes, pcfg.seed + 101)
     images, scenes = shapes.make_shapes(pcfg.n_scenes, pcfg.seed + 202)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..finetune import ImageSet
+from ..profiles import get_profile
 from ..transforms import preprocess_batch
 from .loader import load_clip
 from .tiny import TINY_NAME, TINY_TAG
@@ -42,7 +44,6 @@ class LoadedViT:
         into a TensorDataset; lazily read files (`ImageFiles`) are transformed per batch."""
         from torch.utils.data import TensorDataset
 
-        from ..finetune import ImageSet
         if isinstance(images, np.ndarray):
             return TensorDataset(self.preprocess(images), torch.as_tensor(labels, dtype=torch.long))
         return ImageSet(images, labels, self.transform)
@@ -72,7 +73,6 @@ def load_vit(profile: str, num_classes: int, paper_model: str = PAPER_VIT, devic
     `checkpoint` (a timm state dict, e.g. copied from a machine with internet), and drop path 0.1 as SPT's models.
     """
     import timm
-    from ..profiles import get_profile
     prof = get_profile(profile)
     dev = device or prof.device
     if prof.name == "ci":
