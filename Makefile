@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= ci
-HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(HASH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
@@ -14,9 +14,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 .PHONY: env system browser assets book test test-fast clean
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[book,test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[book,test]" -c constraints.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Debian's Fashion-MNIST (real data that ships offline); only when missing

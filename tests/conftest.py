@@ -1,6 +1,7 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CLIPADAPT_PAPER_ON_CPU", "1")   # the paper code paths run here on stand-ins, on the CPU
 
 import pytest  # noqa: E402
 

@@ -141,7 +141,7 @@ def test_backbone_notebook_meets_targets_on_ci(built_book):
     assert rec["metrics"]["zero_shot_fashion_top1"] >= 80
     assert rec["metrics"]["zero_shot_shapes_top1"] >= 90
     assert rec["profile"] == "ci" and rec["wall_time_s"] > 0
-    assert json.loads((book.ROOT / "results" / "00_backbone.ci.json").read_text())["notebook"] == "00_backbone"
+    assert json.loads((book.ROOT / "results" / "00_backbone.ci.seed0.json").read_text())["notebook"] == "00_backbone"
 
 
 @pytest.mark.slow

@@ -167,6 +167,17 @@ def test_prepare_computes_the_chapters_not_cached_yet_longest_first(tmp_path, mo
         chapters.prepare("ci", names=["shrt"])
 
 
+def test_a_fresh_machine_starts_the_longest_chapters_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path))   # no earlier run to time
+    assert sorted(chapters.LONGEST_FIRST) == sorted(chapters.CHAPTERS)
+    started = []
+    monkeypatch.setattr(chapters, "CHAPTERS", {n: type("Ch", (), {"NAME": n, "setup": staticmethod(lambda p: Toy()),
+                                                                  "run": staticmethod(lambda s, n=n: started.append(n))})
+                                               for n in chapters.CHAPTERS})
+    chapters.prepare("ci", jobs=1)
+    assert started == list(chapters.LONGEST_FIRST)
+
+
 def test_an_unknown_chapter_lists_the_chapters():
     with pytest.raises(KeyError, match="did you mean batclip"):
         chapters.get("batclp")

@@ -224,3 +224,48 @@ def test_benchmark_runs_on_fake_cifar10c_in_the_release_layout(tmp_path, clip):
     assert len(df) == 6 and set(df.images) == {8, 2} and df.accuracy.between(0, 100).all()
     with pytest.raises(DatasetMissingError, match="prepare_corruptions.py --dataset cifar10-c"):
         corruption_benchmark(lambda: clip, s.source, methods, ["frost"], (5,), show_progress=False)
+
+
+@pytest.mark.parametrize("name", ["tent", "batclip"])
+def test_a_nan_image_skips_that_batchs_update_and_later_batches_adapt_as_without_it(name):
+    """One broken image used to turn every LayerNorm into NaN and every later prediction into class 0."""
+    def run(batches):
+        torch.manual_seed(0)
+        c = load_clip(TINY_NAME)
+        m = build_method(name, c.model, c.tokenizer, CLASSES, lr=1e-2)
+        return m, [m(b) for b in batches]
+    b0, b2, b3 = _batch(6, 0), _batch(6, 2), _batch(6, 3)
+    broken = _batch(6, 1)
+    broken[2] = float("nan")
+    m, with_nan = run([b0, broken, b2, b3])
+    _, without = run([b0, b2, b3])
+    assert m.skipped_updates == 1
+    assert all(torch.isfinite(p).all() for p in m.params)
+    assert torch.equal(with_nan[2], without[1]) and torch.equal(with_nan[3], without[2])
+    assert torch.isfinite(with_nan[1][[0, 1, 3, 4, 5]]).all()   # the batch's other images are still predicted
+
+
+def test_a_streams_short_tail_is_predicted_without_adapting_and_bad_streams_are_refused(clip):
+    m = build_method("tent", clip.model, clip.tokenizer, CLASSES)
+    images = np.random.default_rng(0).integers(0, 255, (5, 48, 48, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 0])
+    pre = clip.preprocess
+    out = m.run_stream(images, labels, 2, pre)   # batches of 2, 2 and a tail of 1
+    assert len(out["pred"]) == 5 and out["unadapted"] == 1 and out["skipped_updates"] == 0
+    with pytest.raises(ValueError, match="the stream is empty"):
+        m.run_stream(images[:0], labels[:0], 2, pre)
+    with pytest.raises(ValueError, match="5 images but 4 labels"):
+        m.run_stream(images, labels[:4], 2, pre)
+    with pytest.raises(ValueError, match="batch_size must be at least 2"):
+        m.run_stream(images, labels, 1, pre)
+
+
+@pytest.mark.parametrize("names, kw, message", [
+    ([], {}, "no class names: give one name per class"),
+    (["circle", "square", "circle"], {}, "'circle' appear more than once"),
+    (CLASSES, {"steps": 0}, "steps must be at least 1"),
+    (CLASSES, {"lr": 0.0}, "lr must be positive"),
+])
+def test_test_time_methods_refuse_bad_classes_and_settings(clip, names, kw, message):
+    with pytest.raises(ValueError, match=message):
+        build_method("batclip", clip.model, clip.tokenizer, names, **kw)

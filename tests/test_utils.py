@@ -28,8 +28,8 @@ def test_results_record_round_trip(tmp_path):
     r.log("acc_top1", 12.5)
     r.tables["t"] = [{"a": 1}]
     p = r.save(tmp_path)
-    assert p.name == "99_test.ci.json"
-    d = load_record("99_test", "ci", tmp_path)
+    assert p.name == "99_test.ci.seed3.json"
+    d = load_record("99_test", "ci", tmp_path, seed=3)
     assert d["metrics"] == {"acc_top1": 12.5} and d["seed"] == 3 and "torch" in d["versions"]
     assert json.loads(p.read_text())["wall_time_s"] >= 0
 

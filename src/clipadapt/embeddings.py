@@ -24,10 +24,10 @@ import torch
 
 from .eval import encode_images
 from .models.loader import load_clip
-from .models.pretrain import tiny_checkpoint_path
+from .models.pretrain import check_tiny_checkpoint, tiny_checkpoint_path
 from .models.tiny import TINY_NAME, TINY_TAG
 from .transforms import preprocess_batch
-from .utils import cache_dir, progress
+from .utils import atomic_write, cache_dir, progress
 
 ENCODERS = {"all-MiniLM-L6-v2": "text", "bert-base-uncased": "text", "clipadapt-tiny": "image",
             "vit_base_patch16_224.orig_in21k": "image"}
@@ -76,7 +76,9 @@ def load_encoder(name: str, device: str = "cpu") -> Encoder:
     if name == "clipadapt-tiny":
         clip = load_clip(TINY_NAME, TINY_TAG, device=device)
         enc = lambda ims: encode_images(clip.model, clip.preprocess, ims, device=device).numpy()
-        return Encoder(name, "image", tiny_checkpoint_path().stem, clip.model.visual.output_dim, enc)
+        path = tiny_checkpoint_path()   # keyed by the weights' sha256: a rebuilt model never reads old embeddings
+        fingerprint = f"{path.stem}-{check_tiny_checkpoint(path)[:12]}"
+        return Encoder(name, "image", fingerprint, clip.model.visual.output_dim, enc)
     import timm
     vit = timm.create_model(name, pretrained=True, num_classes=0).to(device).eval()
     cfg = timm.data.resolve_data_config({}, model=vit)   # a direct resize to 224 x 224, as HF's ViT feature extractor
@@ -112,6 +114,9 @@ def check_embeddings(x: np.ndarray, n: int, dim: int, source: str) -> np.ndarray
     if x.ndim != 2 or x.shape != (n, dim):
         raise EmbeddingFileError(f"{source} holds embeddings of shape {tuple(x.shape)}, but the data needs ({n}, {dim}) "
                                  "(one row per item, the encoder's width). Delete the file and run again to recompute it.")
+    if not np.isfinite(x).all():
+        raise EmbeddingFileError(f"{source} holds NaN or infinite embeddings in {int((~np.isfinite(x).all(1)).sum())} "
+                                 "rows. Delete the file and run again to recompute it.")
     return x
 
 
@@ -127,8 +132,8 @@ def cached(encoder: Encoder, items: Sequence, show_progress: bool = True) -> np.
     if path.exists():
         return check_embeddings(np.load(path), len(items), encoder.dim, str(path))
     x = check_embeddings(encoder.encode(items, show_progress), len(items), encoder.dim, f"encoder {encoder.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, x)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:   # a file object: np.save would add ".npy" to the temporary name
+            np.save(f, x)
+    atomic_write(path, write)
     return x

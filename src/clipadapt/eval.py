@@ -11,15 +11,38 @@ from .transforms import preprocess_batch
 from .utils import progress
 
 
+def check_classnames(classnames) -> list[str]:
+    """The class names as a list; none, or a name given twice, is an error that says why."""
+    names = list(classnames)
+    if not names:
+        raise ValueError("no class names: give one name per class, in the order of the label ids")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"class names must differ: {', '.join(map(repr, twice))} appear more than once (their "
+                         "classes could not be told apart); give one distinct name per class")
+    return names
+
+
+def check_labels(labels, classnames) -> np.ndarray:
+    """Labels as an array of class ids that index `classnames`; an id outside them is an error that says so."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(classnames)):
+        raise ValueError(f"the labels run from {labels.min()} to {labels.max()} but there are {len(classnames)} class "
+                         "names: give one name per class id, in the order of the ids")
+    return labels
+
+
 @torch.no_grad()
 def encode_images(model, preprocess: Callable, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 256,
                   normalize: bool = True, show_progress: bool = False, device: str | torch.device = "cpu") -> torch.Tensor:
     """Image embeddings of uint8 images, through the model's own preprocessing; L2-normalised by default."""
+    if len(images) == 0:
+        raise ValueError("no images to encode: the set is empty (check the folder, split or filter that made it)")
     out = []
     for i in progress(range(0, len(images), batch_size), desc="encode images", disable=not show_progress):
         x = preprocess_batch(preprocess, images[i:i + batch_size]).to(device)
         out.append(model.encode_image(x, normalize=normalize).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -32,6 +55,7 @@ def encode_texts(model, tokenizer: Callable, texts: Sequence[str], normalize: bo
 def zero_shot_weights(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",),
                       device: str | torch.device = "cpu") -> torch.Tensor:
     """Class weights (classes x dim): the normalised mean of each class's normalised template embeddings."""
+    classnames = check_classnames(classnames)
     w = []
     for c in classnames:
         e = encode_texts(model, tokenizer, [t.format(c) for t in templates], device=device).mean(0)
@@ -69,6 +93,7 @@ def confusion_matrix(pred, labels, n_classes: int, normalize: bool = True) -> np
 def zero_shot_accuracy(model, preprocess, tokenizer, dataset, template: str = "a photo of a {}.",
                        device="cpu") -> tuple[float, np.ndarray]:
     """(top-1 % , predictions) of zero-shot classification of a LabelledSet with one prompt template."""
+    check_labels(dataset.labels, dataset.classes)
     w = zero_shot_weights(model, tokenizer, dataset.classes, (template,), device=device)
     pred = zero_shot_predict(encode_images(model, preprocess, dataset.images, device=device), w).numpy()
     return accuracy(pred, dataset.labels), pred

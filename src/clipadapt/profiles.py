@@ -36,8 +36,14 @@ def get_profile(name: str) -> Profile:
 
 
 def activate(name: str) -> Profile:
-    """Validate `name` and set the process up for it (ci: hubs offline, so a missing weight fails at once)."""
+    """Validate `name` and set the process up for it (ci: hubs offline, so a missing weight fails at once). The paper
+    profile on a machine without a GPU is an error unless CLIPADAPT_PAPER_ON_CPU=1 asks for the CPU: its schedules
+    would otherwise run for days without a word."""
     prof = get_profile(name)
+    if prof.name == "paper" and prof.device == "cpu" and os.environ.get("CLIPADAPT_PAPER_ON_CPU") != "1":
+        raise RuntimeError("the paper profile needs a GPU and this machine has none that torch can use "
+                           "(torch.cuda.is_available() is False): run it on a GPU machine, use profile='ci', or set "
+                           "CLIPADAPT_PAPER_ON_CPU=1 to run the paper's set-ups on this CPU (hours to days)")
     if prof.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     return prof

@@ -1,4 +1,4 @@
-"""One results record per run (JSON), written to results/<notebook>.<profile>.json, and a glue helper.
+"""One results record per run (JSON), written to results/<notebook>.<profile>.seed<seed>.json, and a glue helper.
 
 The book, the reproduction report (`reproduction_report`, one row format for every chapter's published numbers) and
 the tests read these records; prose reads the same numbers through myst-nb
@@ -7,14 +7,18 @@ the tests read these records; prose reads the same numbers through myst-nb
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .profiles import get_profile
 from .utils import atomic_write
 
 VERSIONED = ("torch", "open_clip_torch", "peft", "numpy", "clipadapt")
@@ -52,7 +56,12 @@ class RunRecord:
     wall_time_s: float | None = None
 
     def log(self, name: str, value: float) -> float:
-        self.metrics[name] = float(value)
+        """Record a metric; a value that is not a finite number is refused with the metric's name."""
+        number = as_number(value)
+        if number is None or not math.isfinite(number):
+            raise ValueError(f"metric {name!r} is {value!r}: a broken number is not recorded (a NaN or infinity "
+                             "usually means training diverged or a set was empty)")
+        self.metrics[name] = number
         return value
 
     def reproduce(self, quantity: str, published, source: str, ours=None, tolerance: float = 1.0,
@@ -77,7 +86,7 @@ class RunRecord:
         if not (keep_wall_time and self.wall_time_s is not None):
             self.wall_time_s = round(time.time() - self.started, 2)
         root = root if root is not None else os.environ.get("CLIPADAPT_RESULTS", "results")
-        path = Path(root) / f"{self.notebook}.{self.profile}.json"
+        path = record_path(root, self.notebook, self.profile, self.seed)
         text = self.to_json()
         atomic_write(path, lambda p: p.write_text(text))
         return path
@@ -91,8 +100,24 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def load_record(notebook: str, profile: str, root: str | Path = "results") -> dict[str, Any]:
-    path = Path(root) / f"{notebook}.{profile}.json"
+def as_number(value: Any) -> float | None:
+    """A Python, NumPy or 0-d torch number as a float; None for anything else (words, None, bools)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def record_path(root: str | Path, notebook: str, profile: str, seed: int = 0) -> Path:
+    """<root>/<notebook>.<profile>.seed<seed>.json: one file per notebook, profile and seed."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(notebook)):
+        raise ValueError(f"a record's notebook name is a plain name such as '05_spt', got {notebook!r}")
+    return Path(root) / f"{notebook}.{profile}.seed{int(seed)}.json"
+
+
+def load_record(notebook: str, profile: str, root: str | Path = "results", seed: int = 0) -> dict[str, Any]:
+    path = record_path(root, notebook, profile, seed)
     if not path.exists():
         raise FileNotFoundError(f"no results record at {path}: run notebooks/{notebook}.ipynb with profile={profile!r} "
                                 f"first (make book)")
@@ -124,8 +149,16 @@ def reproduction_row(chapter: str, quantity: str, published, source: str, ours=N
     number), `ours` this run's value of the same quantity (None or NaN: not measured on this run). Status: within
     `tolerance` (absolute, in the quantity's unit) of the published number, or not; when not measured, "data needs a
     licence" if the dataset must be requested (`licence`), else "not run on this profile"."""
-    measured = ours is not None and not (isinstance(ours, float) and ours != ours)
-    numeric = isinstance(published, (int, float)) and not isinstance(published, bool)
+    if tolerance is not None and not tolerance >= 0:
+        raise ValueError(f"tolerance must be 0 or more (in the quantity's unit), got {tolerance!r}")
+    if as_number(published) is not None:
+        published = as_number(published)
+    if ours is not None:
+        if as_number(ours) is None:
+            raise TypeError(f"ours must be a number (or None when not measured), got {ours!r} for {quantity!r}")
+        ours = as_number(ours)
+    measured = ours is not None and math.isfinite(ours)
+    numeric = isinstance(published, float)
     if not measured:
         status = STATUSES[3] if licence else STATUSES[2]
     elif not numeric:
@@ -136,11 +169,17 @@ def reproduction_row(chapter: str, quantity: str, published, source: str, ours=N
             "tolerance": tolerance if numeric else None, "source": source, "status": status}
 
 
-def reproduction_report(root: str | Path = "results", profile: str = "ci") -> tuple[list[dict], list[dict]]:
+def reproduction_report(root: str | Path = "results", profile: str = "ci",
+                        seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(rows, environment) gathered from every record of `profile` under `root` that has a "reproduction" table;
-    environment: one entry per record (notebook, when it ran, how long, the machine and the versions)."""
+    environment: one entry per record (notebook, when it ran, how long, the machine and the versions). A missing
+    folder or an unknown profile is an error, not an empty report."""
+    get_profile(profile)
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"no results folder at {root}: build the book first (make book) or give the folder "
+                                "the chapters saved their records in")
     rows, env = [], []
-    for path in sorted(Path(root).glob(f"*.{profile}.json")):
+    for path in sorted(Path(root).glob(f"*.{profile}.seed{int(seed)}.json")):
         rec = json.loads(path.read_text())
         table = rec.get("tables", {}).get("reproduction")
         if not table:

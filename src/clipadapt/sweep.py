@@ -36,11 +36,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 
 from .book import ROOT
 from .profiles import get_profile
-from .utils import progress
+from .utils import atomic_write, progress
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,33 @@ def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", json.dumps(value) if not isinstance(value, str) else value).strip("-")
 
 
+def check_entry(sweep_file: Path, entry: dict, notebook: Path) -> None:
+    """An entry's parameters must be the notebook's own (papermill reads them), grid values lists, seeds a list of
+    integers given by `seeds:` only: a misspelt name or a lone string would otherwise run the defaults silently."""
+    import papermill
+    where = f"{sweep_file}: {notebook.stem}"
+    params, grid, seeds = entry.get("params") or {}, entry.get("grid") or {}, entry.get("seeds", [0])
+    if not isinstance(params, dict) or not isinstance(grid, dict):
+        raise ValueError(f"{where}: `params` and `grid` map parameter names to values")
+    known = set(papermill.inspect_notebook(str(notebook))) - {"profile"}
+    for key in [*params, *grid]:
+        if key in ("seed", "profile"):
+            by = "`seeds:` list" if key == "seed" else "file's `profile:`"
+            raise ValueError(f"{where}: `{key}` is set by the sweep ({by}), not in `params` or `grid`")
+        if key not in known:
+            close = get_close_matches(key, known, n=1)
+            raise ValueError(f"{where}: the notebook has no parameter {key!r}"
+                             f"{f' (did you mean {close[0]!r}?)' if close else ''}; its parameters are "
+                             f"{', '.join(sorted(known))}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: grid values of {key!r} must be a non-empty list, e.g. [{values!r}], got "
+                             f"{values!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise ValueError(f"{where}: `seeds` must be a non-empty list of integers, got {seeds!r}")
+
+
 def expand(sweep_file: str | Path) -> list[Run]:
     """The runs a sweep file describes, in a stable order (the index of a Slurm array task)."""
     import yaml
@@ -79,6 +107,7 @@ def expand(sweep_file: str | Path) -> list[Run]:
         if name not in known:
             raise ValueError(f"{sweep_file}: unknown notebook {name!r}; choose one of {known}")
         grid = entry.get("grid") or {}
+        check_entry(sweep_file, entry, notebooks_dir / f"{name}.ipynb")
         for values in itertools.product(*grid.values()):
             for seed in entry.get("seeds", [0]):
                 params = {"profile": profile, "seed": seed, **(entry.get("params") or {}), **dict(zip(grid, values))}
@@ -111,8 +140,8 @@ def run_one(run: Run, gpu: str | None = None, timeout: int | None = None) -> boo
         (run.folder / "error.txt").write_text(res.stdout[-20000:] + "\n" + res.stderr[-20000:])
         return False
     (run.folder / "error.txt").unlink(missing_ok=True)
-    (run.folder / "done.json").write_text(json.dumps(
-        {"params": run.params, "seconds": round(time.time() - t0, 1), "gpu": gpu}, indent=1))
+    done = json.dumps({"params": run.params, "seconds": round(time.time() - t0, 1), "gpu": gpu}, indent=1)
+    atomic_write(run.folder / "done.json", lambda p: p.write_text(done))
     return True
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,7 +70,7 @@ def progress(iterable=None, **kw):
     the book build sets it in the worker processes that run chapters side by side, whose bars would interleave)."""
     kw["disable"] = kw.get("disable", False) or os.environ.get("TQDM_DISABLE") == "1"
     kw.setdefault("dynamic_ncols", True)
-    kw.setdefault("mininterval", 1.0)
+    kw.setdefault("mininterval", 1.0 if sys.stderr.isatty() else 15.0)   # a log (CI, papermill): few redraws
     return tqdm(iterable, **kw)
 
 

@@ -213,6 +213,8 @@ def _contrastive(ctx: Context) -> Built:
 
 def few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     """Positions of `shots` examples per class (all of a class's examples if it has fewer), drawn by `seed`."""
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1 labelled example per class, got {shots}")
     rng = np.random.default_rng(seed)
     return np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:shots] for c in np.unique(labels)]))
 

@@ -19,6 +19,7 @@ import math
 import re
 from pathlib import Path
 
+from ..book import ROOT as BOOK_ROOT
 from ..utils import atomic_write
 from . import CHAPTERS, get
 from .core import Result
@@ -26,7 +27,7 @@ from .core import Result
 # absolute in the metric's unit (points for accuracies and their differences), for 0-1 scores (AUC, shares) `abs01`
 TOLERANCE = {"abs": 1.0, "rel": 0.03, "abs01": 0.02, "scores01": "auc|share|fraction"}
 MACHINE = re.compile(r"minutes|seconds|s_per|_mb\b|memory|wall|gib|_s\b|time|per_batch|per_image|vs_epoch", re.I)
-ROOT = Path(__file__).resolve().parents[3] / "tests" / "golden"
+ROOT = BOOK_ROOT / "tests" / "golden"
 
 
 def record_of(result: Result) -> dict:

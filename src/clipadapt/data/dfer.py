@@ -117,12 +117,13 @@ def read_list(name: str, split: str, fold: int = 1, root=None) -> tuple[list[Pat
 
 class VideoFiles(torch.utils.data.Dataset):
     """Clips read from frame folders; indexed by a list of positions it returns (videos x T x 3 x S x S, labels).
-    `train=True` draws a random frame per segment (seeded per call order with `seed`)."""
+    `train=True` draws a random frame per segment from torch's generator, which `seed_everything` seeds and a
+    DataLoader seeds anew per worker and per epoch (a generator kept in the Dataset would give every worker, and every
+    epoch, the same frames)."""
 
-    def __init__(self, folders, labels, transform, segments: int = 16, train: bool = False, seed: int = 0):
+    def __init__(self, folders, labels, transform, segments: int = 16, train: bool = False):
         self.folders, self.transform, self.segments, self.train = list(folders), transform, segments, train
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.folders)
@@ -131,7 +132,8 @@ class VideoFiles(torch.utils.data.Dataset):
         files = sorted(p for p in Path(self.folders[i]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if not files:
             raise DatasetMissingError(f"no frames (.jpg/.png) in {self.folders[i]}")
-        return [files[k] for k in segment_indices(len(files), self.segments, self.rng if self.train else None)]
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,)).item())) if self.train else None
+        return [files[k] for k in segment_indices(len(files), self.segments, rng)]
 
     def __getitem__(self, idx):
         from PIL import Image
@@ -163,6 +165,6 @@ def load_dfer(name: str, transform, fold: int = 1, root=None, segments: int = 16
     n_val = round(val_fraction * len(folders))
     val, train = order[:n_val], order[n_val:]
     pick = lambda ix: ([folders[i] for i in ix], labels[ix])
-    return {"train": VideoFiles(*pick(train), transform, segments, train=True, seed=seed),
+    return {"train": VideoFiles(*pick(train), transform, segments, train=True),
             "val": VideoFiles(*pick(val), transform, segments),
             "test": VideoFiles(t_folders, t_labels, transform, segments)}

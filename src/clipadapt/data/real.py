@@ -29,8 +29,13 @@ def require_files(folder, names, what: str, command: str) -> None:
 
 def fashion_mnist_dir() -> Path:
     """Where the Fashion-MNIST idx files are: $CLIPADAPT_FASHION_MNIST or the Debian package's folder."""
-    candidates = [os.environ["CLIPADAPT_FASHION_MNIST"]] if os.environ.get("CLIPADAPT_FASHION_MNIST") else []
-    for c in [*candidates, *FASHION_DIRS]:
+    chosen = os.environ.get("CLIPADAPT_FASHION_MNIST")
+    if chosen:   # asked for: that folder or an error, never a silent fallback to another copy
+        require_files(chosen, [f"{s}-{k}-idx{d}-ubyte.gz" for s in ("train", "t10k")
+                               for k, d in (("images", 3), ("labels", 1))],
+                      "Fashion-MNIST (CLIPADAPT_FASHION_MNIST)", f"{FASHION_INSTALL}  # or unset CLIPADAPT_FASHION_MNIST")
+        return Path(chosen)
+    for c in FASHION_DIRS:
         p = Path(c)
         if (p / "t10k-images-idx3-ubyte.gz").exists():
             return p
@@ -38,7 +43,7 @@ def fashion_mnist_dir() -> Path:
         "Fashion-MNIST is not installed. Install the Debian package with\n"
         f"    {FASHION_INSTALL}\n"
         "or point CLIPADAPT_FASHION_MNIST at a folder holding the four *-ubyte.gz files "
-        f"(looked in: {', '.join(map(str, [*candidates, *FASHION_DIRS]))}).")
+        f"(looked in: {', '.join(map(str, FASHION_DIRS))}).")
 
 
 def _read_idx(path: Path) -> np.ndarray:

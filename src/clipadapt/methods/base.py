@@ -40,10 +40,10 @@ FAMILIES = ("zero-shot", "head", "full", "peft", "prompts", "embeddings", "test-
 WEIGHTS, CONFIG = "weights.pt", "method.json"
 
 
-def option(default: Any, help: str, paper: Any = None):
+def option(default: Any, help: str, paper: Any = None, minimum: float | None = None):
     """A config field that says what it means and, where the paper states it, the paper's value (None: not stated
-    there, or not a paper setting)."""
-    meta = {"help": help, "paper": paper}
+    there, or not a paper setting); `minimum`: the smallest value that builds a working method (None passes)."""
+    meta = {"help": help, "paper": paper, "minimum": minimum}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -52,6 +52,14 @@ def option(default: Any, help: str, paper: Any = None):
 @dataclass(frozen=True)
 class MethodConfig:
     """A method without options."""
+
+
+def check_minimums(name: str, cfg) -> None:
+    """A field below the `minimum` its `option` states (a rank of 0, no epochs) is an error naming it."""
+    for f in dataclasses.fields(cfg):
+        low, value = f.metadata.get("minimum"), getattr(cfg, f.name)
+        if low is not None and value is not None and value < low:
+            raise ValueError(f"{name}: {f.name} must be at least {low}, got {value} ({f.metadata.get('help', '')})")
 
 
 def config_help(config_class) -> list[dict]:
@@ -110,6 +118,8 @@ class Method:
                 raise ValueError(f"{self.name} has no option {', '.join(map(repr, unknown))}; its options: "
                                  f"{', '.join(sorted(names)) or 'none'}")
             cfg = self.config_class(**overrides)
+        if dataclasses.is_dataclass(cfg):
+            check_minimums(self.name, cfg)
         self.cfg = cfg
         self.structure: dict = {}   # what apply() decided from the data (JSON-able), saved with the weights
         self.info: dict = {}        # what apply() measured (e.g. seconds spent ranking)

@@ -58,10 +58,11 @@ class FullFinetune(Method):
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    rank: int = option(8, "image tower: LoRA rank on each block's qkv projection (SPT's VTAB-1k LoRA-8)", paper=8)
+    rank: int = option(8, "image tower: LoRA rank on each block's qkv projection (SPT's VTAB-1k LoRA-8)", paper=8,
+                       minimum=1)
     dropout: float = option(0.1, "image tower: dropout before the LoRA down-projection")
     rank_reduction: int = option(6, "VL model: rank = d_model / this, on q and v (128 on BART-base), alpha r/4",
-                                 paper=6)
+                                 paper=6, minimum=1)
 
 
 @register("lora", "LoRA")
@@ -79,7 +80,8 @@ class LoRA(Method):
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    rank: int = option(8, "bottleneck width of the adapter after each block's MLP (SPT's VTAB-1k setting)", paper=8)
+    rank: int = option(8, "bottleneck width of the adapter after each block's MLP (SPT's VTAB-1k setting)", paper=8,
+                       minimum=1)
     dropout: float = option(0.1, "dropout before the down-projection")
 
 

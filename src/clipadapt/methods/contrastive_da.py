@@ -72,7 +72,7 @@ class HeadConfig:
     out_dim: int = option(128, "output dimension of the projection head", paper=128)
     temperature: float = option(0.1, "temperature of the pair loss", paper=0.1)
     batch_size: int = option(128, "embeddings per batch (the loss compares every pair in it)", paper=128)
-    epochs: int = option(10, "passes over the labelled embeddings", paper=10)
+    epochs: int = option(10, "passes over the labelled embeddings", paper=10, minimum=1)
     lr: float = option(1e-3, "Adam learning rate", paper=1e-3)
     monitor_fraction: float = option(0.2, "share held out from training to watch the loss and pair AUC")
     seed: int = option(0, "seed of the split, the initialisation and the batch order")
@@ -114,6 +114,13 @@ def train_head(x: np.ndarray, y: np.ndarray, cfg: HeadConfig | None = None) -> t
         raise ValueError(f"{len(x)} embeddings but {len(y)} labels")
     if len(np.unique(y)) < 2:
         raise ValueError("the contrastive head needs at least two classes among the labelled samples")
+    if not np.isfinite(x).all():
+        bad = np.nonzero(~np.isfinite(x).all(1))[0]
+        raise ValueError(f"{len(bad)} embeddings hold NaN or infinity (rows {bad[:5].tolist()}...): fix or drop them "
+                         "before training the head")
+    if cfg.batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 (the pair loss compares the rows of a batch), got "
+                         f"{cfg.batch_size}")
     spec = TrainSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=0.0, no_decay="none",
                      optimizer="adam", schedule="constant", precision=cfg.precision, seed=cfg.seed)
     seed_everything(cfg.seed)

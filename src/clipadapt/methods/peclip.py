@@ -201,8 +201,8 @@ class LinearProbe(nn.Module):
 
 @dataclass(frozen=True)
 class PEClipConfig:
-    n_ctx: int = option(2, "MaPLe prompt vectors per block", paper=2)
-    depth: int = option(9, "blocks with prompts (at most the towers' depth)", paper=9)
+    n_ctx: int = option(2, "MaPLe prompt vectors per block", paper=2, minimum=1)
+    depth: int = option(9, "blocks with prompts (at most the towers' depth)", paper=9, minimum=1)
     lr_prompts: float = option(3e-5, "learning rate of the prompt learner (the adapters take the loop's rate, "
                                      "2e-4 in the official script)", paper=3e-5)
 

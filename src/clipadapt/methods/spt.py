@@ -322,8 +322,8 @@ def lora_budget(model: nn.Module, rank: int) -> int:
 class SPTConfig:
     budget: int | None = option(None, "trainable backbone parameters, head excluded (None: what LoRA of `rank` "
                                       "trains on the backbone, so SPT and LoRA compare at equal cost)",
-                                paper="0.3M-0.8M on ViT-B/16 (Tables 1-2)")
-    rank: int = option(8, "rank of the structured LoRA / adapter modules", paper=8)
+                                paper="0.3M-0.8M on ViT-B/16 (Tables 1-2)", minimum=1)
+    rank: int = option(8, "rank of the structured LoRA / adapter modules", paper=8, minimum=1)
     alpha: float = option(10.0, "a matrix gets a structured module when its sensitive entries reach cost/alpha", paper=10.0)
     beta: float = option(5.0, "a vector is tuned fully when 1/beta of its entries are sensitive", paper=5.0)
     sensitivity_batches: int = option(16, "batches of the sensitivity pass (official get_sensitivity)", paper=16)

@@ -51,6 +51,7 @@ class TPT(TTAMethod):
     """TPT (Shu et al., NeurIPS 2022): per image, tune the prompt on confident augmented views (episodic)."""
     config_class = TPTConfig
     adapt_text = True
+    min_batch = 1   # tunes per image
 
     def __init__(self, model, tokenizer, classnames, cfg: TPTConfig | None = None):
         cfg = cfg or TPTConfig()
@@ -92,9 +93,7 @@ class TPT(TTAMethod):
             for _ in range(self.cfg.steps):
                 with torch.enable_grad(), self.autocast(image.device):
                     loss = self.loss({"logits": scale * feats @ self._text_features().float().T})
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                self.update(loss)
             with torch.no_grad(), self.autocast(image.device):
                 out.append((scale * feats[:1] @ self._text_features().float().T)[0])
         self.reset()

@@ -13,6 +13,7 @@ with fixed text features.
 from __future__ import annotations
 
 import copy
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine import PRECISIONS, distributed
-from ..eval import accuracy
+from ..eval import accuracy, check_classnames, check_labels
 from ..transforms import preprocess_batch
 from ..utils import progress, seed_everything
 from .base import option
@@ -54,6 +55,7 @@ class TTAMethod(nn.Module):
     config_class = TTAConfig
     kind, family, backbones, chapter = "test-time", "test-time", ("clip",), "BATCLIP"
     adapt_text = False  # does the text encoder change (so text features are recomputed every batch)?
+    min_batch = 2       # images a batch needs to adapt on (the losses compare predictions within a batch)
 
     def __init__(self, model: nn.Module, tokenizer, classnames, cfg: TTAConfig | None = None):
         super().__init__()
@@ -61,9 +63,14 @@ class TTAMethod(nn.Module):
         if self.cfg.precision not in PRECISIONS or self.cfg.precision == "fp16":   # the engine's vocabulary
             raise ValueError(f"precision must be 'fp32' or 'bf16' (fp16 would need a loss scaler), "
                              f"got {self.cfg.precision!r}")
+        if self.cfg.steps < 1:
+            raise ValueError(f"steps must be at least 1 (gradient steps per test batch), got {self.cfg.steps}")
+        if not self.cfg.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.cfg.lr}")
         self.model = model
         self.tokenizer = tokenizer
-        self.classnames = list(classnames)
+        self.classnames = check_classnames(classnames)
+        self.skipped_updates = 0   # batches whose loss was not finite: predicted, not adapted on
         self.register_buffer("tokens", tokenizer([self.cfg.template.format(c) for c in self.classnames]),
                              persistent=False)
         self.configure_model()
@@ -111,17 +118,31 @@ class TTAMethod(nn.Module):
     def step(self, images: torch.Tensor) -> torch.Tensor:
         out = self.outputs(images)
         if self.optimizer is not None:
-            loss = self.loss(out)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.update(self.loss(out))
         return out["logits"].detach()
+
+    def update(self, loss: torch.Tensor) -> bool:
+        """One optimiser step on `loss`; a loss that is not finite (a NaN or infinite image in the batch) is skipped
+        and counted in `skipped_updates`, so one broken image cannot poison every later batch."""
+        if not torch.isfinite(loss):
+            self.skipped_updates += 1
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return True
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits with the current weights, without adapting (a stream's last batch when it is too small)."""
+        return self.outputs(images)["logits"]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Predict, then adapt: the logits returned are those of the first forward pass, before any update."""
-        if images.shape[0] < 2:
-            raise ValueError(f"{type(self).__name__} adapts on batches of unlabelled images and needs at least 2 per "
-                             "batch (its losses compare predictions within a batch); use batch_size >= 2")
+        if images.shape[0] < self.min_batch:
+            raise ValueError(f"{type(self).__name__} adapts on batches of unlabelled images and needs at least "
+                             f"{self.min_batch} per batch (its losses compare predictions within a batch); use "
+                             f"batch_size >= {self.min_batch}, or predict() for fewer images")
         if self.cfg.episodic:
             self.reset()
         ctx = torch.enable_grad() if self.optimizer is not None else torch.no_grad()
@@ -140,14 +161,29 @@ class TTAMethod(nn.Module):
             self.optimizer.load_state_dict(self._opt_state)
 
     def run_stream(self, images, labels, batch_size: int, preprocess, show_progress: bool = False) -> dict:
-        """Adapt online over one stream of uint8 images in order; accuracy (%) of the predict-then-adapt logits."""
-        preds = []
+        """Adapt online over one stream of uint8 images in order; accuracy (%) of the predict-then-adapt logits.
+
+        A last batch smaller than the method needs is predicted without adapting. Returns accuracy, the predictions,
+        `skipped_updates` (batches whose loss was not finite) and `unadapted` (images only predicted)."""
+        if len(images) == 0:
+            raise ValueError("the stream is empty: give at least one image")
+        if len(labels) != len(images):
+            raise ValueError(f"the stream has {len(images)} images but {len(labels)} labels: give one label per image")
+        if batch_size < self.min_batch:
+            raise ValueError(f"batch_size must be at least {self.min_batch} for {type(self).__name__}, got {batch_size}")
+        check_labels(labels, self.classnames)
+        preds, skipped, unadapted = [], self.skipped_updates, 0
         device = next(self.model.parameters()).device
         for i in progress(range(0, len(images), batch_size), desc=type(self).__name__, disable=not show_progress):
             x = preprocess_batch(preprocess, images[i:i + batch_size]).to(device)
-            preds.append(self(x).argmax(1).cpu().numpy())
+            if len(x) < self.min_batch:
+                logits, unadapted = self.predict(x), len(x)
+            else:
+                logits = self(x)
+            preds.append(logits.argmax(1).cpu().numpy())
         pred = np.concatenate(preds)
-        return {"accuracy": accuracy(pred, labels), "pred": pred}
+        return {"accuracy": accuracy(pred, labels), "pred": pred, "skipped_updates": self.skipped_updates - skipped,
+                "unadapted": unadapted}
 
 
 @register("source", "no adaptation")
@@ -190,7 +226,6 @@ def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], cor
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-
     state = PartialState(cpu=not torch.cuda.is_available()) if distributed() else None   # gloo on a CPU launch
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     jobs = [(c, s) for s in severities for c in corruptions]
@@ -208,6 +243,9 @@ def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], cor
             m = build_method(spec.pop("method"), bb.model, bb.tokenizer, source.classes, **spec)
             t0 = time.perf_counter()
             r = m.run_stream(x[:n], y[:n], batch_size, bb.preprocess)
+            if r["skipped_updates"]:
+                warnings.warn(f"{label} on {c} (severity {s}): {r['skipped_updates']} batches had a loss that is not "
+                              "finite and were predicted without adapting; check the stream's images", stacklevel=2)
             rows.append({"method": label, "corruption": c, "severity": s, "seed": seed, "accuracy": r["accuracy"],
                          "seconds": time.perf_counter() - t0, "images": n, "_order": (k, j)})
     if state is not None:

@@ -245,6 +245,10 @@ def add_vlpet(lm, cfg: VLPETConfig) -> None:
 
 
 def _make_pet(cfg: VLPETConfig, d: int, gated: bool = True) -> PETModule:
+    for field_name in ("adapter_reduction", "gate_reduction"):
+        if not 1 <= getattr(cfg, field_name) <= d:
+            raise ValueError(f"{field_name} must be between 1 and the model width {d} (the bottleneck is "
+                             f"{d} // {field_name}), got {getattr(cfg, field_name)}")
     gate = Gate(cfg.granularity, d, d // cfg.gate_reduction, cfg.zero_init_up) if (gated and cfg.granularity) else None
     return PETModule(d, d // cfg.adapter_reduction, cfg.heads, gate, cfg.scale if gate is not None else 1.0,
                      cfg.zero_init_up)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..profiles import get_profile
 from ..utils import cache_dir
-from .pretrain import tiny_checkpoint_path
+from .pretrain import check_tiny_checkpoint, tiny_checkpoint_path
 from .tiny import TINY_NAME, TINY_TAG, register_configs
 
 PAPER_DEFAULT = ("ViT-B-16", "openai")
@@ -107,8 +107,9 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, *, cache: 
 
 @lru_cache(maxsize=2)
 def _tiny_from_file(path: str, mtime_ns: int, device: str) -> LoadedCLIP:
-    """The tiny CLIP read once per process and file version; `load_clip` hands out deep copies (ci loads it for
-    every stream and method, and a copy is about 20 times faster than a read)."""
+    """The tiny CLIP read once per process and file version, after checking its sha256; `load_clip` hands out deep
+    copies (ci loads it for every stream and method, and a copy is about 20 times faster than a read)."""
+    check_tiny_checkpoint(Path(path))
     return load_clip(TINY_NAME, path, device=device)
 
 

@@ -21,7 +21,7 @@ from ..data.microworld import DATA_VERSION
 from ..engine import TrainSpec, train
 from ..eval import zero_shot_accuracy
 from ..transforms import preprocess_batch
-from ..utils import atomic_write, cache_dir, seed_everything
+from ..utils import ChecksumError, atomic_write, cache_dir, file_digest, seed_everything
 from .tiny import TINY_NAME, TINY_TAG, register_configs, tiny_config
 
 
@@ -116,8 +116,11 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
     model.eval()
     if out_path is not None:
         out_path, text = Path(out_path), json.dumps(hist)
+        digest_path(out_path).unlink(missing_ok=True)
         atomic_write(out_path, lambda p: torch.save(model.state_dict(), p))
         atomic_write(history_path(out_path), lambda p: p.write_text(text))
+        digest = file_digest(out_path)
+        atomic_write(digest_path(out_path), lambda p: p.write_text(digest))   # last: the build is complete
     hist["model"] = model
     return hist
 
@@ -126,11 +129,38 @@ def history_path(ckpt: Path) -> Path:
     return Path(ckpt).with_suffix(".history.json")
 
 
+def digest_path(ckpt: Path) -> Path:
+    return Path(ckpt).with_suffix(".sha256")
+
+
+REBUILD = "python data_scripts/build_ci_assets.py --force   # about 5 minutes on 2 cores"
+
+
+def check_tiny_checkpoint(path: Path) -> str:
+    """The sha256 of the cached tiny CLIP's weights, checked against the one recorded when they were built: a
+    damaged, cut-short or replaced file, or a build without its history, is an error that gives the rebuild command
+    (never a silent retrain or a silent load). A cache built before digests were recorded gets its digest now."""
+    path = Path(path)
+    if not history_path(path).exists():
+        raise ChecksumError(f"the tiny CLIP at {path} has no pretraining history ({history_path(path).name}): its build "
+                            f"did not finish. Rebuild it with\n    {REBUILD}")
+    got = file_digest(path)
+    if not digest_path(path).exists():
+        atomic_write(digest_path(path), lambda p: p.write_text(got))
+        return got
+    recorded = digest_path(path).read_text().strip()
+    if got != recorded:
+        raise ChecksumError(f"the tiny CLIP at {path} does not match the sha256 recorded when it was built ({got[:12]} "
+                            f"against {recorded[:12]}): it was damaged or replaced. Rebuild it with\n    {REBUILD}")
+    return got
+
+
 def ensure_tiny_clip(show_progress: bool = True) -> Path:
-    """Path of the cached tiny CLIP checkpoint, pretraining it first when it is missing."""
+    """Path of the cached tiny CLIP checkpoint, pretraining it first when it is missing, checked when present."""
     path = tiny_checkpoint_path()
-    if not path.exists() or not history_path(path).exists():
+    if not path.exists():
         pretrain_tiny_clip(PretrainConfig(), path, show_progress=show_progress)
+    check_tiny_checkpoint(path)
     return path
 
 

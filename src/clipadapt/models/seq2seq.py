@@ -253,7 +253,9 @@ def pretrain_tiny_lm(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig 
     seed_everything(pcfg.seed)
     corpus = vltasks.language_corpus(pcfg.n_text_scenes, pcfg.seed + 101)
     images, scenes = shapes.make_shapes(pcfg.n_scenes, pcfg.seed + 202)
-    assert pcfg.seed + 202 < HELDOUT_SEED
+    if pcfg.seed + 202 >= HELDOUT_SEED:
+        raise ValueError(f"LMPretrainConfig.seed must be below {HELDOUT_SEED - 202}: the pretraining scenes must not "
+                         f"share seeds with the held-out sets, got {pcfg.seed}")
     caps = [s.caption for s in scenes] + [c for s in scenes for c in vltasks.captions_of(s)[:1]]
     tokenizer = build_word_tokenizer(corpus + caps)
     lm = tiny_lm(cfg, len(tokenizer))

@@ -72,6 +72,8 @@ def load_vit(profile: str, num_classes: int, paper_model: str = PAPER_VIT, devic
     paper: timm's `paper_model` with its pretrained weights from the Hugging Face hub, or from the local file
     `checkpoint` (a timm state dict, e.g. copied from a machine with internet), and drop path 0.1 as SPT's models.
     """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2 (a classification head), got {num_classes}")
     import timm
     prof = get_profile(profile)
     dev = device or prof.device
