@@ -223,8 +223,8 @@ def compute(s: Setup, r: core.Result) -> None:
         lost_more = sum(summary.loc[m, "caption"] < summary.loc["vl-adapter", "caption"] for m in gated)
         r.text("vl_gated_caption_en", f"{lost_more} of the {len(gated)} gated variants lost more of it than the "
                                       "ungated adapter")
-        r.text("vl_gated_caption_ja", f"ゲート付きの {len(gated)} 版のうち {lost_more} 版は、ゲートのないアダプタよりも"
-                                      "多くを失いました")
+        r.text("vl_gated_caption_ja", f"ゲートのないアダプタより多くを失ったのは、ゲート付きの {len(gated)} 版のうち "
+                                      f"{lost_more} 版でした")
     else:
         r.text("vl_gated_caption_en", "the gated variants were not compared with the ungated adapter in this run")
         r.text("vl_gated_caption_ja", "この実行ではゲート付きの版とゲートのないアダプタを比べていません")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 
 import numpy as np
 import torch
@@ -61,8 +62,6 @@ def sensitivity(model: nn.Module, data, batch_size: int = 32, n_batches: int = 1
     `model` must already carry the (randomly initialised) head of the task. It is left unchanged: no step is taken,
     and requires_grad flags and train/eval mode are restored.
     """
-    from itertools import islice
-
     if len(data) < 1 or n_batches < 1:
         raise ValueError("sensitivity needs at least one batch of training images")
     ranked = ranked_parameters(model)
