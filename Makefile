@@ -11,7 +11,7 @@ FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: env system browser assets book test test-fast clean
+.PHONY: env system browser assets release-assets book test test-fast clean
 env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -34,6 +34,11 @@ browser:
 # the tiny CLIP pretrained on the micro-world (cached under $$CLIPADAPT_CACHE or ~/.cache/clipadapt)
 assets: env system
 	$(PY) data_scripts/build_ci_assets.py
+
+# the tiny models packed as this version's release assets (dist/assets/: two tars and SHA256SUMS), for the GitHub
+# release of the tag; Colab's install cell fetches them instead of building for 12 minutes
+release-assets: assets
+	$(PY) data_scripts/release_assets.py
 
 book: assets
 	$(PY) -m clipadapt.book build --profile $(PROFILE)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from clipadapt.data.corruptions import CORRUPTIONS
 from clipadapt.data.registry import DATASETS, data_root
-from clipadapt.utils import download
+from clipadapt.utils import DownloadError, download, reaching
 
 ZENODO_URL = "https://zenodo.org"
 ZENODO = {  # dataset: (Zenodo record, the files it needs)
@@ -33,11 +33,22 @@ ZENODO = {  # dataset: (Zenodo record, the files it needs)
 }
 
 
-def zenodo_checksums(record: str) -> dict[str, str]:
-    """{file name: "md5:<hex>"} as the Zenodo record publishes them."""
-    with urllib.request.urlopen(f"{ZENODO_URL}/api/records/{record}", timeout=60) as r:
+def zenodo_checksums(record: str, hint: str) -> dict[str, str]:
+    """{file name: "md5:<hex>"} as the Zenodo record publishes them; DownloadError with `hint` when unreachable."""
+    url = f"{ZENODO_URL}/api/records/{record}"
+    with reaching(url, hint), urllib.request.urlopen(url, timeout=60) as r:
         files = json.load(r)["files"]
     return {f["key"]: f["checksum"] for f in files}
+
+
+def offline_hint(name: str, root: Path, folder: Path) -> str:
+    """Where the files go when this machine cannot reach Zenodo: unpacked where `is_ready` looks for them."""
+    record, tars = ZENODO[name]
+    where = (f"into {folder} (one folder per corruption: <corruption>/<severity>/<wnid>/)" if name == "imagenet-c"
+             else f"into {root} (it holds {folder.name}/ with labels.npy and one .npy per corruption)")
+    return (f"download {', '.join(tars)} from {ZENODO_URL}/records/{record} on a machine with internet and "
+            f"unpack {'them' if len(tars) > 1 else 'it'} {where}; this command then finds {folder} ready and downloads "
+            "nothing.")
 
 
 def is_ready(name: str, folder: Path) -> bool:
@@ -57,12 +68,13 @@ def main() -> None:
         print(f"{spec.folder}: already at {folder}")
         return
     record, tars = ZENODO[a.dataset]
-    checksums = zenodo_checksums(record)
+    hint = offline_hint(a.dataset, root, folder)
+    checksums = zenodo_checksums(record, hint)
     # CIFAR tars hold the folder itself; the ImageNet-C tars hold the corruption folders
     dest = root if a.dataset != "imagenet-c" else folder
     dest.mkdir(parents=True, exist_ok=True)
     for name in tars:
-        tar = download(f"{ZENODO_URL}/records/{record}/files/{name}", root / name, checksums[name])
+        tar = download(f"{ZENODO_URL}/records/{record}/files/{name}", root / name, checksums[name], hint=hint)
         with tarfile.open(tar) as t:
             t.extractall(dest, filter="data")
     if not is_ready(a.dataset, folder):
@@ -72,4 +84,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DownloadError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 
 from clipadapt.data.dfer import DFER, LISTS_URL, check_frames, dfer_root, get_dfer, read_list
+from clipadapt.data.real import DatasetMissingError
 from clipadapt.data.registry import data_root
-from clipadapt.utils import download
+from clipadapt.utils import DownloadError, download
 
 
 def main() -> None:
@@ -25,9 +26,13 @@ def main() -> None:
     spec = get_dfer(a.dataset)
     lists = dfer_root(a.dataset, a.root) / "annotation"
     lists.mkdir(parents=True, exist_ok=True)
-    for f in spec.list_files():
-        if not (lists / f).exists():
-            download(LISTS_URL.format(f), lists / f)
+    missing = [f for f in spec.list_files() if not (lists / f).exists()]
+    names = ", ".join(missing) if len(missing) <= 2 else f"{missing[0]} ... {missing[-1]}, {len(missing)} files"
+    hint = (f"get the annotation lists ({names}) from the annotation/ folder of https://github.com/SAADI-Ibtissam/"
+            f"PE-CLIP on a machine with internet and put them in {lists}; this command then downloads nothing. The "
+            f"frames need a licence: {spec.request}; put them under {dfer_root(a.dataset, a.root) / spec.anchor}.")
+    for f in missing:
+        download(LISTS_URL.format(f), lists / f, hint=hint)
     n = 0
     for split in spec.lists:
         for fold in range(1, spec.folds + 1):
@@ -38,4 +43,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DownloadError, DatasetMissingError) as e:
+        raise SystemExit(f"error: {e}") from None

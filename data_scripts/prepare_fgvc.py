@@ -21,7 +21,7 @@ from pathlib import Path
 
 from clipadapt.data.fgvc import FGVC, fgvc_root, write_splits
 from clipadapt.data.registry import data_root
-from clipadapt.utils import download
+from clipadapt.utils import DownloadError, download
 
 URLS = {
     "cub": ["https://data.caltech.edu/records/65de6-vkk18/files/CUB_200_2011.tgz"],
@@ -68,9 +68,12 @@ def main() -> None:
         if a.dataset not in URLS:
             raise SystemExit(f"{a.dataset} has no public download; get the release ({FGVC[a.dataset][1]}) and pass "
                              f"it with --archive PATH")
-        for url in URLS[a.dataset]:
-            name = url.rsplit("/", 1)[1]
-            archives.append(download(url, folder / name, CHECKSUMS.get(name)))
+        names = [url.rsplit("/", 1)[1] for url in URLS[a.dataset]]
+        hint = (f"download {', '.join(URLS[a.dataset])} on a machine with internet and pass "
+                f"{'them' if len(names) > 1 else 'it'} with --archive:\n    python data_scripts/prepare_fgvc.py "
+                f"--dataset {a.dataset} --root {a.root} " + " ".join(f"--archive PATH/TO/{n}" for n in names))
+        for url, name in zip(URLS[a.dataset], names):
+            archives.append(download(url, folder / name, CHECKSUMS.get(name), hint=hint))
     for p in archives:
         unpack(p, source)
     out = write_splits(a.dataset, a.root)
@@ -78,4 +81,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DownloadError as e:
+        raise SystemExit(f"error: {e}") from None

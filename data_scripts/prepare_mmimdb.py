@@ -15,7 +15,7 @@ from pathlib import Path
 
 from clipadapt.data.mmimdb import mmimdb_root
 from clipadapt.data.registry import data_root
-from clipadapt.utils import download
+from clipadapt.utils import DownloadError, download
 
 URL = "http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz"
 
@@ -32,7 +32,10 @@ def main() -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tar = Path(a.archive).expanduser() if a.archive else folder.parent / "mmimdb.tar.gz"
     if not tar.exists():
-        download(URL, tar)   # no checksum is published for this archive; an interrupted download resumes
+        hint = (f"download mmimdb.tar.gz from the dataset's page (http://lisi1.unal.edu.co/mmimdb/) on a machine "
+                f"with internet and pass it with\n    python data_scripts/prepare_mmimdb.py --root {a.root} --archive "
+                "PATH/TO/mmimdb.tar.gz")
+        download(URL, tar, hint=hint)   # no checksum is published for this archive; an interrupted download resumes
     with tarfile.open(tar) as t:   # the archive holds mmimdb/dataset/...
         t.extractall(folder.parent, filter="data")
     if not (folder / "dataset").is_dir():
@@ -41,4 +44,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DownloadError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from clipadapt.data.registry import data_root
 from clipadapt.data.vladapter import vladapter_root
-from clipadapt.utils import download
+from clipadapt.utils import DownloadError, download
 
 COMMIT = "13f897d4d4d5e2c9951da7a8dcf858cf909d1445"
 TOOL_URL = f"https://raw.githubusercontent.com/ylsung/VL_adapter/{COMMIT}/tools/restore_datasets.py"
@@ -44,11 +44,17 @@ def main(argv=None) -> int:
     if not tool.exists():
         if a.tool:
             raise SystemExit(f"--tool {tool} does not exist")
-        download(TOOL_URL, tool)
+        hint = (f"download {TOOL_URL} on a machine with internet and pass it with\n    python data_scripts/"
+                f"prepare_vladapter.py --root {a.root} --tool PATH/TO/restore_datasets.py\n(the tool then downloads "
+                "the release from the HF Hub, ylsung/VL-Adapter-datasets, so the restore itself needs a network)")
+        download(TOOL_URL, tool, hint=hint)
     cmd = restore_command(tool, out, passthrough)
     print(" ".join(cmd), flush=True)
     return subprocess.call(cmd)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DownloadError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -33,16 +33,24 @@ SOURCES = {
     "smallnorb_ele": ("smallnorb", {"predicted_attribute": "label_elevation"}),
 }
 SPLITS = ("train800", "val200", "train800val200", "test")
+INSTALL = "pip install tensorflow tensorflow-datasets git+https://github.com/google-research/task_adaptation"
 
 
 def export(task: str, out: Path) -> None:
     import importlib
 
     from PIL import Image
-    from task_adaptation.data.base import compose_preprocess_fn
-    from task_adaptation.registry import Registry
     module, kwargs = SOURCES[task]
-    importlib.import_module(f"task_adaptation.data.{module}")   # registers the data class
+    try:
+        from task_adaptation.data.base import compose_preprocess_fn
+        from task_adaptation.registry import Registry
+        importlib.import_module(f"task_adaptation.data.{module}")   # registers the data class
+    except ImportError as e:
+        package = (e.name or "task_adaptation").split(".")[0]
+        raise SystemExit(f"error: the VTAB-1k export needs the package {package!r}, which is not installed: it "
+                         "reads the splits through google-research's task_adaptation and TensorFlow Datasets, which "
+                         f"clipadapt does not install. Install them with\n    {INSTALL}\nthen run this command "
+                         "again.") from None
     data = Registry.lookup(f"data.{module}")(**kwargs)
     folder = out / task
     for split in SPLITS:

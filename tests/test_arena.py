@@ -136,8 +136,8 @@ def test_test_time_methods_on_top_adapt_only_their_layer_norms(digits):
         with torch.no_grad():
             expected = model(x)
         on_top = arena.OnTop(model, kind, lr=1e-2)
-        # predict, then adapt: the logits are those before the step (the view computes them by another path, at
-        # PE-CLIP's temperature 0.01: float32 rounding times 100)
+        # predict, then adapt: the logits are those before the step (the view computes them by another path:
+        # float32 rounding times the logit scale)
         torch.testing.assert_close(on_top(x), expected, rtol=1e-4, atol=1e-4)
         changed = _changed(model, before)
         assert all(n.rsplit(".", 2)[-2].startswith(("ln", "norm")) for n in changed), changed
@@ -221,3 +221,40 @@ def test_frame_pooling_averages_the_frames_features_before_the_head():
     torch.testing.assert_close(pooled(torch.stack([x, x.flip(0)], 1)), vit.head((feats(x) + feats(x.flip(0))) / 2))
     frames = arena.frames_of(TensorDataset(torch.zeros(2, 4, 3, s, s), torch.tensor([5, 6])))
     assert frames.tensors[0].shape == (8, 3, s, s) and frames.tensors[1].tolist() == [5] * 4 + [6] * 4
+
+
+def test_text_head_rows_use_the_models_own_logit_scale(digits):
+    """The arena's CLIP rows score cosines times the backbone's learned logit_scale, in training and in the
+    test-time view (PE-CLIP's fixed temperature 0.01 belongs to its chapter), and both paths agree."""
+    from clipadapt.models.loader import load_backbone
+    ctx = arena.Context(load_backbone("ci"), digits.classes, None, QUICK)
+    model = arena.build(arena.get_method("zero-shot"), ctx).model.eval()
+    scale = ctx.clip.model.logit_scale.exp().item()
+    assert abs(scale - 100) > 1, "the tiny CLIP's own scale differs from PE-CLIP's 100, or this test proves nothing"
+    size = ctx.clip.model.visual.image_size[0]
+    x = torch.randn(4, 3, size, size)
+    with torch.no_grad():
+        logits = model(x)
+        image, text = model.inner.features(x.unsqueeze(1))
+        cos = torch.nn.functional.normalize(image, dim=-1) @ text.T
+        torch.testing.assert_close(logits, scale * cos)
+        torch.testing.assert_close(arena.feature_view(model)(x)[0], logits)
+
+
+def test_methods_with_their_own_rate_groups_get_them_in_the_arena(digits):
+    """PE-CLIP with prompts: adapters at the shared rate, the prompt learner at the official ratio (3e-5 / 2e-4);
+    MaPLe's prompts alone at the shared rate; a method without groups of its own leaves the loop's groups."""
+    from clipadapt.arena.core import own_groups
+    from clipadapt.methods.peclip import PROMPT_LR_RATIO
+    from clipadapt.models.loader import load_backbone
+    lr = QUICK.fit.lr
+
+    def groups(row):
+        ctx = arena.Context(load_backbone("ci"), digits.classes, None, QUICK)
+        return own_groups(arena.build(row, ctx), QUICK.fit)
+    pe = groups(arena.ArenaMethod("PE-CLIP", "pe-clip", "CLIP"))
+    assert [g["lr"] for g in pe] == pytest.approx([lr, lr * PROMPT_LR_RATIO])
+    assert PROMPT_LR_RATIO == pytest.approx(0.15)
+    maple = groups(arena.get_method("MaPLe prompts"))
+    assert [g["lr"] for g in maple] == pytest.approx([lr])
+    assert groups(arena.get_method("LoRA")) is None

@@ -5,16 +5,22 @@ import http.server
 import importlib.util
 import io
 import json
+import runpy
+import socket
+import sys
 import tarfile
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clipadapt.utils import ChecksumError, download
+from clipadapt.utils import ChecksumError, DownloadError, download
 
 MiB = 1 << 20
+SCRIPTS = Path(__file__).parents[1] / "data_scripts"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -134,3 +140,102 @@ def test_prepare_corruptions_checks_each_tar_against_the_md5_zenodo_publishes(se
     with pytest.raises(ChecksumError, match="CIFAR-100-C.tar"):
         prep.main()
     assert not (tmp_path / "CIFAR-100-C").exists()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: every urlopen fails as a failed name lookup does."""
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def run_script(monkeypatch, name: str, *args: str) -> str:
+    """Run data_scripts/<name> as the command line does; the message it exits with."""
+    monkeypatch.setattr("sys.argv", [name, *args])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(SCRIPTS / name), run_name="__main__")
+    return str(e.value.code)
+
+
+def test_S20_a_refused_connection_names_the_url_the_reason_and_where_a_copy_goes(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError) as e:
+        download(f"http://127.0.0.1:{port}/x.tar", tmp_path / "x.tar")
+    assert f"could not download http://127.0.0.1:{port}/x.tar (" in str(e.value)
+    assert "refused" in str(e.value).lower()
+    assert f"put it at {tmp_path / 'x.tar'}" in str(e.value)
+
+
+def test_S20_prepare_corruptions_offline_says_which_tar_to_unpack_where(offline, monkeypatch, tmp_path):
+    msg = run_script(monkeypatch, "prepare_corruptions.py", "--dataset", "cifar10-c", "--root", str(tmp_path))
+    assert msg.startswith("error: could not download https://zenodo.org/api/records/2535967 ")
+    assert "Name or service not known" in msg
+    assert "download CIFAR-10-C.tar from https://zenodo.org/records/2535967" in msg
+    assert f"unpack it into {tmp_path}" in msg and "labels.npy" in msg
+    with tarfile.open(fileobj=io.BytesIO(_fake_cifar_c_tar("CIFAR-10-C"))) as t:   # the route the message gives
+        t.extractall(tmp_path, filter="data")
+    monkeypatch.setattr("sys.argv", ["prepare_corruptions.py", "--dataset", "cifar10-c", "--root", str(tmp_path)])
+    runpy.run_path(str(SCRIPTS / "prepare_corruptions.py"), run_name="__main__")
+
+
+def test_S21_prepare_vtab1k_without_task_adaptation_gives_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "task_adaptation", None)
+    msg = run_script(monkeypatch, "prepare_vtab1k.py", "--task", "svhn", "--root", str(tmp_path))
+    assert "needs the package 'task_adaptation', which is not installed" in msg
+    assert "pip install tensorflow tensorflow-datasets git+https://github.com/google-research/task_adaptation" in msg
+
+
+def test_S22_prepare_dfer_offline_says_where_the_lists_and_frames_go(offline, monkeypatch, tmp_path):
+    msg = run_script(monkeypatch, "prepare_dfer.py", "--dataset", "dfew", "--root", str(tmp_path))
+    assert "could not download https://raw.githubusercontent.com/SAADI-Ibtissam/PE-CLIP/" in msg
+    assert "DFEW_set_1_test.txt ... DFEW_set_5_train.txt, 10 files" in msg
+    assert f"put them in {tmp_path / 'dfer' / 'dfew' / 'annotation'}" in msg
+    assert "https://dfew-dataset.github.io" in msg and f"put them under {tmp_path / 'dfer' / 'dfew' / 'Clip'}" in msg
+
+
+def test_S23_prepare_mmimdb_offline_points_to_archive(offline, monkeypatch, tmp_path):
+    msg = run_script(monkeypatch, "prepare_mmimdb.py", "--root", str(tmp_path))
+    assert "could not download http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz (" in msg
+    assert f"python data_scripts/prepare_mmimdb.py --root {tmp_path} --archive PATH/TO/mmimdb.tar.gz" in msg
+
+
+def test_S24_prepare_fgvc_offline_points_to_archive(offline, monkeypatch, tmp_path):
+    msg = run_script(monkeypatch, "prepare_fgvc.py", "--dataset", "cub", "--root", str(tmp_path))
+    assert "could not download https://data.caltech.edu/records/65de6-vkk18/files/CUB_200_2011.tgz (" in msg
+    assert f"prepare_fgvc.py --dataset cub --root {tmp_path} --archive PATH/TO/CUB_200_2011.tgz" in msg
+
+
+def test_S25_prepare_vladapter_offline_points_to_tool(offline, monkeypatch, tmp_path):
+    msg = run_script(monkeypatch, "prepare_vladapter.py", "--root", str(tmp_path))
+    assert "could not download https://raw.githubusercontent.com/ylsung/VL_adapter/" in msg
+    assert f"prepare_vladapter.py --root {tmp_path} --tool PATH/TO/restore_datasets.py" in msg
+
+
+def test_S26_download_weights_with_hf_hub_offline_says_to_unset_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    msg = run_script(monkeypatch, "download_weights.py", "--model", "ViT-B-16", "--pretrained", "openai",
+                     "--cache", str(tmp_path))
+    assert "HF_HUB_OFFLINE=1 is set in this environment" in msg
+    assert (f"HF_HUB_OFFLINE=0 python data_scripts/download_weights.py --model ViT-B-16 --pretrained openai "
+            f"--cache {tmp_path}") in msg
+
+
+def test_B7_arena_bench_refuses_zero_repeats_before_any_set_up(monkeypatch, capsys, tmp_path):
+    from clipadapt.arena import bench
+    from clipadapt.bench import time_per_step
+
+    def never(*args, **kwargs):
+        raise AssertionError("set-up ran before the repeats were checked")
+    monkeypatch.setattr(bench, "load_backbone", never)
+    monkeypatch.setattr(bench.vtab, "load_task", never)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")   # the ci profile sets it; restored after the test
+    with pytest.raises(SystemExit) as e:
+        bench.main(["bench", "--repeats", "0", "--out", str(tmp_path / "bench.json")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "repeats must be at least 1" in err and "--repeats 5" in err
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        time_per_step(lambda: None, repeats=0)

@@ -10,7 +10,6 @@ from test_sweep import SWEEP, sweep_file  # noqa: F401 (the toy sweep and its fi
 
 from clipadapt.results import STATUSES, RunRecord, load_record, reproduction_report, reproduction_row
 
-
 # ---- results and records
 
 def test_R3_a_missing_results_folder_or_an_unknown_profile_is_an_error_not_an_empty_report(tmp_path):
@@ -96,11 +95,16 @@ def test_P2c_the_paper_profile_without_a_gpu_stops_unless_the_cpu_is_asked_for(m
 # ---- class names, labels and image sets
 
 def test_X14_X24_labels_beyond_the_class_names_are_refused(tiny):
+    from types import SimpleNamespace
+
     from clipadapt.data.microworld import heldout_shapes
     from clipadapt.eval import zero_shot_accuracy
     from clipadapt.methods import build_method
     shapes = heldout_shapes(40)
-    cut = type(shapes)("shapes, 3 names", shapes.images, shapes.labels, shapes.classes[:3])
+    with pytest.raises(ValueError, match="labels run from 0 to .* but there are 3 class names"):
+        type(shapes)("shapes, 3 names", shapes.images, shapes.labels, shapes.classes[:3])
+    cut = SimpleNamespace(name="shapes, 3 names", images=shapes.images, labels=shapes.labels,
+                          classes=shapes.classes[:3])   # a set of one's own, not a LabelledSet
     with pytest.raises(ValueError, match="labels run from 0 to .* but there are 3 class names"):
         zero_shot_accuracy(tiny.model, tiny.preprocess, tiny.tokenizer, cut)
     m = build_method("batclip", tiny.model, tiny.tokenizer, cut.classes)
@@ -128,10 +132,11 @@ def test_F4b_a_method_with_a_zero_size_setting_is_refused(case, method, options,
         method_class(method)(**options)
 
 
-def test_V5_a_vl_pet_bottleneck_that_rounds_to_zero_is_refused():
+@pytest.mark.parametrize("case, reduction", [("V5", 1000), ("V4", 0)])
+def test_V4_V5_a_vl_pet_bottleneck_of_zero_is_refused(case, reduction):
     from clipadapt.methods.vlpet import VLPETConfig, _make_pet
     with pytest.raises(ValueError, match="adapter_reduction must be between 1 and the model width 64"):
-        _make_pet(VLPETConfig(adapter_reduction=1000), 64)
+        _make_pet(VLPETConfig(adapter_reduction=reduction), 64)
 
 
 def test_F18_A4_a_head_for_no_classes_and_no_shots_are_refused():
@@ -287,3 +292,27 @@ def test_dfer_training_clips_draw_new_frames_in_every_worker_and_epoch(tmp_path)
     assert epoch(0) == first                             # the same seed gives the same frames
     test = VideoFiles([clip], [0], ds.transform, segments=8)
     assert test[[0]][0].equal(test[[0]][0])              # evaluation takes each segment's centre frame
+
+
+# ---- found by reading the code (issue 24, item 7)
+
+def test_corrupting_a_batch_leaves_the_callers_global_numpy_generator_as_it_was():
+    from clipadapt.data.corruptions import corrupt_batch
+    images = np.full((3, 16, 16, 3), 128, np.uint8)
+    np.random.seed(123)
+    expected = np.random.random(4)
+    np.random.seed(123)
+    first = corrupt_batch(images, "gaussian_noise", 3, seed=7)
+    assert np.array_equal(np.random.random(4), expected), "the caller's draws changed"
+    assert np.array_equal(corrupt_batch(images, "gaussian_noise", 3, seed=7), first), "same seed, same images"
+    assert not np.array_equal(corrupt_batch(images, "gaussian_noise", 3, seed=8), first)
+
+
+def test_classifiers_that_stop_short_of_convergence_are_reported_not_hidden():
+    from clipadapt.methods import contrastive_da as da
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 40)), np.arange(60) % 3
+    feats = da.Represented(x, x, 0, 0.0, [])
+    rows = {r["classifier"]: r for r in da.evaluate(feats, y, y, names=["MLP", "CART"])}
+    assert rows["MLP"]["converged"] is False   # 200 iterations of Adam on noise: sklearn warns, the row says so
+    assert rows["CART"]["converged"] is True

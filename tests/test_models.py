@@ -15,7 +15,7 @@ def test_unknown_model_lists_close_names():
 
 
 def test_unknown_tag_lists_known_tags():
-    with pytest.raises(ModelError, match="known tags: .*openai"):
+    with pytest.raises(ModelError, match="Known tags: .*openai"):
         load_clip("ViT-B-16", "not-a-tag")
 
 

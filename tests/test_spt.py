@@ -71,7 +71,13 @@ def test_allocation_meets_the_budget_and_follows_alpha_and_beta(kind, budget):
     for name, count in c.items():
         module = name.rsplit(".", 1)[0]
         if scores[name].dim() == 1:      # beta: a vector is tuned fully iff >= 1/5 of it is sensitive
-            assert (name in a.vectors) == (count >= scores[name].numel() / 5), name
+            full = count >= scores[name].numel() / 5
+            assert (name in a.vectors) == full, name
+            # below that, a Linear's bias trains its sensitive entries (the official sparse-gradient Linear), a
+            # LayerNorm vector nothing
+            assert (name in a.sparse) == (not full and count > 0 and module in linears), name
+            if name in a.sparse:
+                assert len(a.sparse[name]) == count
         elif module in linears:          # alpha: structured iff >= cost/10 sensitive entries
             structured = count > 0 and count >= spt.structured_cost(linears[module], kind, 4) / 10
             assert (module in a.structured) == structured, name
@@ -98,6 +104,7 @@ def test_only_the_allocated_entries_and_modules_change_in_training():
     scores = spt.sensitivity(model, TensorDataset(x, y))
     a = spt.allocate(model, scores, 2_500, rank=4)
     assert a.structured and a.sparse, "the test needs both kinds of tuning"
+    assert any(n.endswith(".bias") for n in a.sparse), "the test needs a sparse bias"
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     spt.apply_allocation(model, a)
     assert spt.backbone_trainable(model) == a.params
@@ -109,7 +116,9 @@ def test_only_the_allocated_entries_and_modules_change_in_training():
     with torch.no_grad():
         for name, p in original.items():
             module_name, _, attr = name.rpartition(".")
-            module = model.get_submodule(module_name) if module_name not in a.structured else None
+            module = model.get_submodule(module_name)
+            if module_name in a.structured:   # peft's LoRA layer around the original Linear
+                module = module.base_layer
             if name in a.sparse:   # effective weight differs exactly at the chosen entries (at most)
                 changed = (getattr(module, attr) != p).flatten().nonzero().flatten()
                 assert set(changed.tolist()) <= set(a.sparse[name].tolist()) and len(changed) > 0
@@ -264,9 +273,10 @@ def test_lazy_files_and_in_memory_images_train_identically_with_the_official_eva
 
 
 def test_a_list_of_budgets_is_chosen_on_val200_then_trained_on_train_plus_val(monkeypatch):
+    from timm.data import create_transform
+
     from clipadapt.data.vtab import Task
     from clipadapt.models.vit import LoadedViT
-    from timm.data import create_transform
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 255, (30, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 30)
     task = Task("t", "natural", ("a", "b", "c"), x[:16], y[:16], x[16:20], y[16:20], x[20:], y[20:])

@@ -207,8 +207,8 @@ def test_bench_setup_follows_the_official_configs_and_refuses_unknown_datasets(t
 
 def test_benchmark_runs_on_fake_cifar10c_in_the_release_layout(tmp_path, clip):
     # the paper profile's data path, on 8 fake images per severity in the real on-disk layout
-    from clipadapt.data.real import DatasetMissingError
     from clipadapt.chapters.batclip import bench_setup
+    from clipadapt.data.real import DatasetMissingError
     from clipadapt.methods.tta import corruption_benchmark
     folder = tmp_path / "CIFAR-10-C"
     folder.mkdir()

@@ -234,7 +234,6 @@ def test_pretrained_tiny_vl_bart_captions_new_scenes_and_loads_fresh_copies(tiny
 
 def _h5(folder, img_id, rng):
     import h5py
-    import numpy as np
     folder.mkdir(parents=True, exist_ok=True)
     a = rng.standard_normal((49, 2048)).astype("float16")
     with h5py.File(folder / f"{img_id}.h5", "w") as f:
@@ -248,6 +247,7 @@ def fake_vladapter(tmp_path_factory):
     import json
 
     import numpy as np
+
     from clipadapt.data.vladapter import FEATURES
     root = tmp_path_factory.mktemp("data")
     ds = root / "vl-adapter" / "datasets"
@@ -291,6 +291,7 @@ def fake_vladapter(tmp_path_factory):
 
 def test_vladapter_reader_builds_the_official_splits_from_the_restored_layout(fake_vladapter):
     import numpy as np
+
     from clipadapt.data import vladapter
     root, arrays = fake_vladapter
     train, feats = vladapter.load_vladapter("train", root)
@@ -371,6 +372,7 @@ def test_prepare_vladapter_runs_the_restore_tool_into_the_layout_the_reader_read
     import importlib.util
     import json
     from pathlib import Path
+
     from clipadapt.data import vladapter
     spec = importlib.util.spec_from_file_location("prep", Path(__file__).parents[1] / "data_scripts" /
                                                   "prepare_vladapter.py")

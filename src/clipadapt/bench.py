@@ -44,6 +44,8 @@ def time_per_step(step: Callable[[], object], *, warmup: int = 1, repeats: int =
     On CUDA the peak is torch's allocator peak over the timed calls; on CPU it is the process peak RSS (MiB), which
     only grows, so compare methods in separate processes or by their increments.
     """
+    if repeats < 1:
+        raise ValueError(f"time_per_step needs repeats >= 1 (the median of the timed calls), got {repeats}")
     dev = torch.device(device)
     for _ in range(warmup):
         step()

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+
 def find_root() -> Path:
     """The book's repository folder: $CLIPADAPT_ROOT; else the checkout of an editable install; else the current
     folder or the nearest parent holding `_toc.yml` and `notebooks/` (a plain `pip install` puts the package in
@@ -111,7 +112,7 @@ def build(profile: str = "ci", run: bool = True) -> Path:
     if errors:
         raise RuntimeError("bilingual parity check failed:\n" + "\n".join(errors))
     if run:
-        from . import chapters   # heavy (torch): only when notebooks run
+        from . import chapters  # heavy (torch): only when notebooks run
         chapters.prepare(profile)   # the chapters' runs side by side; each notebook then reads its run back
         for nb in notebooks():
             run_notebook(nb, profile)
@@ -163,7 +164,9 @@ if importlib.util.find_spec("clipadapt") is None:
                         "{url}", "clipadapt"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "./clipadapt"], check=True)
     importlib.invalidate_caches()
-    os.chdir("clipadapt")  # results/ and data_scripts/ are relative to the repository"""
+    os.chdir("clipadapt")  # results/ and data_scripts/ are relative to the repository
+    # the ci profile's tiny models: the tag's release assets, sha256-checked (built here when that fails: 12 minutes)
+    subprocess.run([sys.executable, "data_scripts/build_ci_assets.py"], check=True)"""
     return button, install
 
 

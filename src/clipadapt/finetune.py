@@ -90,6 +90,16 @@ def accuracy_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"acc": accuracy(pred, labels)}
 
 
+def check_targets(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`logits` when every label in `y` is one of its classes; else an error with the head's size and the labels'."""
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= logits.shape[-1]:
+        raise ValueError(f"labels run from {low} to {high}, but the model's head gives {logits.shape[-1]} classes: "
+                         f"build the head for {high + 1} classes (num_classes) or keep only labels 0-"
+                         f"{logits.shape[-1] - 1}")
+    return logits
+
+
 def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: TrainSpec | None = None,
                    show_progress: bool = False, desc: str = "fine-tune", *, val: Dataset | None = None,
                    param_groups: list[dict] | None = None,
@@ -102,6 +112,9 @@ def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: TrainSp
     its own "lr"); default all trainable parameters at `cfg.lr`, without weight decay on `cfg.no_decay`'s names."""
     from timm.data import Mixup
     cfg = cfg or TrainSpec()
+    for name, part in (("train", train), ("test", test), ("val", val)):
+        if part is not None and len(part) == 0:
+            raise ValueError(f"the {name} set is empty: give at least one labelled example")
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     n_classes = int(labels_of(train).max()) + 1
     mix = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, prob=cfg.mixup, num_classes=n_classes) if cfg.mixup else None
@@ -116,8 +129,8 @@ def fit_classifier(model: nn.Module, train: Dataset, test: Dataset, cfg: TrainSp
         x, y = batch[0].to(dev), batch[1].to(dev)
         if mix is not None and len(y) % 2 == 0:   # timm's Mixup pairs the batch with its reverse
             x, soft = mix(x, y)
-            return torch.sum(-soft * F.log_softmax(m(x), dim=1), dim=1).mean()
-        return F.cross_entropy(m(x), y)
+            return torch.sum(-soft * F.log_softmax(check_targets(m(x), y), dim=1), dim=1).mean()
+        return F.cross_entropy(check_targets(m(x), y), y)
 
     def evaluate(epoch: int, row: dict) -> None:
         nonlocal kept

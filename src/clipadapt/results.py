@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .profiles import get_profile
-from .utils import atomic_write
+from .utils import atomic_write, read_json
 
 VERSIONED = ("torch", "open_clip_torch", "peft", "numpy", "clipadapt")
 
@@ -88,7 +88,11 @@ class RunRecord:
         root = root if root is not None else os.environ.get("CLIPADAPT_RESULTS", "results")
         path = record_path(root, self.notebook, self.profile, self.seed)
         text = self.to_json()
-        atomic_write(path, lambda p: p.write_text(text))
+        try:
+            atomic_write(path, lambda p: p.write_text(text))
+        except PermissionError as e:
+            raise PermissionError(f"cannot write the run record {path}: the folder is not writable. Set "
+                                  "CLIPADAPT_RESULTS to a writable folder (or pass root=) and run again") from e
         return path
 
 
@@ -121,7 +125,7 @@ def load_record(notebook: str, profile: str, root: str | Path = "results", seed:
     if not path.exists():
         raise FileNotFoundError(f"no results record at {path}: run notebooks/{notebook}.ipynb with profile={profile!r} "
                                 f"first (make book)")
-    return json.loads(path.read_text())
+    return read_json(path, f"Run notebooks/{notebook}.ipynb again to write it anew.")
 
 
 def glue(name: str, value: Any, display: bool = False) -> Any:
@@ -180,7 +184,7 @@ def reproduction_report(root: str | Path = "results", profile: str = "ci",
                                 "the chapters saved their records in")
     rows, env = [], []
     for path in sorted(Path(root).glob(f"*.{profile}.seed{int(seed)}.json")):
-        rec = json.loads(path.read_text())
+        rec = read_json(path, "Delete it and run its notebook again (make book).")
         table = rec.get("tables", {}).get("reproduction")
         if not table:
             continue

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from .book import ROOT
 from .profiles import get_profile
-from .utils import atomic_write, progress
+from .utils import atomic_write, progress, read_json
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,16 @@ def expand(sweep_file: str | Path) -> list[Run]:
     """The runs a sweep file describes, in a stable order (the index of a Slurm array task)."""
     import yaml
     sweep_file = Path(sweep_file)
-    spec = yaml.safe_load(sweep_file.read_text())
+    try:
+        spec = yaml.safe_load(sweep_file.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{sweep_file} is not valid YAML{where}: {getattr(e, 'problem', None) or e} (indent with "
+                         "spaces, not tabs; close every [ and {)") from e
+    if not isinstance(spec, dict):
+        raise ValueError(f"{sweep_file}: a sweep file is a mapping with `runs:` (a list of entries with a `notebook`) "
+                         f"and optionally `profile:` and `out:`; this one holds {type(spec).__name__}")
     profile = spec.get("profile", "ci")
     get_profile(profile)
     out = (sweep_file.parent / spec.get("out", sweep_file.stem)).resolve()
@@ -201,7 +210,10 @@ def gather(runs: list[Run]):
         if not r.done:
             continue
         for path in sorted((r.folder / "results").glob("*.json")):
-            rec = json.loads(path.read_text())
+            rec = read_json(path, f"Delete {r.folder} and run the sweep again to redo that run.")
+            if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+                raise ValueError(f"{path} is not a run record (no `metrics`): delete {r.folder} and run the sweep "
+                                 "again to redo that run")
             for metric, value in rec["metrics"].items():
                 rows.append({"run": r.name, "notebook": rec["notebook"], **r.params, "metric": metric,
                              "value": value})

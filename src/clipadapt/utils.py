@@ -1,12 +1,16 @@
 """Seeding, the cache folder, progress bars and downloads, shared by every module and data script."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
+import urllib.error
+import urllib.request
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +48,38 @@ def torch_threads(n: int | None):
 def cache_dir() -> Path:
     """The folder for generated assets and weights: $CLIPADAPT_CACHE, else ~/.cache/clipadapt."""
     p = Path(os.environ.get("CLIPADAPT_CACHE", Path.home() / ".cache" / "clipadapt")).expanduser()
+    if p.exists() and not p.is_dir():
+        raise NotADirectoryError(f"the cache folder {p} is a file; set CLIPADAPT_CACHE to a folder (it is created "
+                                 "when missing) or unset it to use ~/.cache/clipadapt")
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set true: no model hub or release download is tried (ci, the Makefile, tests)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+class BrokenFileError(ValueError):
+    """A record, cache or data file that cannot be read (cut short, empty, another format); names the file."""
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """The JSON in `path`; a file that does not parse is a `BrokenFileError` naming it and saying `fix`."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({e.msg}, line {e.lineno} column {e.colno})"
+        raise BrokenFileError(f"{path} {what}: it was probably cut short while written. {fix}") from e
+
+
+def read_npy(path: Path, fix: str, mmap_mode: str | None = None) -> np.ndarray:
+    """The array in a .npy file (no pickled objects); an unreadable file is a `BrokenFileError` saying `fix`."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise BrokenFileError(f"{path} cannot be read as a NumPy array ({type(e).__name__}: {e}). {fix}") from e
 
 
 def atomic_write(path: Path, write) -> None:
@@ -98,20 +132,41 @@ def verify(path: Path, checksum: str) -> None:
                             f"to {bad}; run the same command again to download it anew (delete {bad} when done).")
 
 
-def download(url: str, dest: Path, checksum: str | None = None, timeout: float = 60) -> Path:
+class DownloadError(ConnectionError):
+    """A server that could not be reached; the message names the URL, the reason and `hint`, the offline route."""
+
+    def __init__(self, url: str, reason, hint: str):
+        self.url, self.reason, self.hint = url, reason, hint
+        super().__init__(f"could not download {url} ({reason}). Check the network and run the same command again; "
+                         f"without a network, {hint}")
+
+
+@contextmanager
+def reaching(url: str, hint: str):
+    """Run the block that fetches `url`; no network, a failed name lookup, a refused connection, a timeout or an HTTP
+    error becomes a DownloadError that ends with `hint`, how to get the file without a network."""
+    try:
+        yield
+    except (urllib.error.URLError, TimeoutError) as e:
+        reason = e.reason if type(e) is urllib.error.URLError else e
+        raise DownloadError(url, reason, hint) from e
+
+
+def download(url: str, dest: Path, checksum: str | None = None, timeout: float = 60, hint: str | None = None) -> Path:
     """Download `url` to `dest` with a progress bar; resumable, and verified when the source publishes a checksum.
 
     The bytes go to `<dest>.part`; a run interrupted there resumes with an HTTP Range request (servers that ignore it
     send the whole file, which restarts it). `checksum` ("md5:<hex>" or "sha256:<hex>") is checked on the finished
-    file and on a `dest` that already exists, so a shared data root can be prepared once and re-checked.
+    file and on a `dest` that already exists, so a shared data root can be prepared once and re-checked. A server
+    that cannot be reached raises DownloadError with `hint`, the offline route (default: put a copy at `dest`).
     """
-    import urllib.request
     dest = Path(dest)
+    hint = hint or f"download the file on a machine with internet and put it at {dest}."
     if not dest.exists():
         tmp = dest.with_name(dest.name + ".part")
         done = tmp.stat().st_size if tmp.exists() else 0
         req = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with reaching(url, hint), urllib.request.urlopen(req, timeout=timeout) as r:
             resumed = done and r.status == 206
             done = done if resumed else 0
             length = int(r.headers.get("Content-Length", 0))

@@ -12,11 +12,11 @@ import pandas as pd
 import torch
 
 from .bench import count_parameters, training_memory
-from .data.vltasks import TASKS
-from .eval import cider, normalize_answer
 from .checkpoints import JobStore, load_weights
+from .data.vltasks import TASKS
 from .engine import TrainSpec, train
-from .methods.vlpet import METHODS, BaselineConfig, PETAttention, is_t5, apply_method
+from .eval import cider, normalize_answer
+from .methods.vlpet import METHODS, BaselineConfig, PETAttention, apply_method, is_t5
 from .models.seq2seq import collate, to_device
 from .utils import progress, seed_everything
 

@@ -34,6 +34,9 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
       with a linear head, or CLIP's two towers with the text head), and its trainable parameters against its total.
     Every timing is the median of `repeats` after one warm-up; the raw values are returned too.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1 (every timing is the median of that many timed calls), got "
+                         f"{repeats}; pass --repeats 5 (the default) or any count of 1 or more")
     cfg = cfg or ArenaConfig()
     dev = get_profile(profile).device
     methods = [get_method(m).name for m in methods] if methods is not None else list(ARENA)

@@ -18,7 +18,8 @@ from ..engine import TrainSpec
 from ..finetune import ImageSet, batches, fit_classifier, labels_of, predict
 from ..methods import build_method, method_class
 from ..methods import contrastive_da as da
-from ..methods.base import ClassTexts
+from ..methods.base import ClassTexts, Method
+from ..methods.peclip import PROMPT_LR_RATIO
 from ..models.loader import load_backbone
 from ..models.vit import clip_image_tower
 from ..profiles import get_profile
@@ -48,7 +49,6 @@ class Built:
     model: nn.Module                # images -> logits over the task's classes (what trains: what requires grad)
     stored: int                     # numbers to keep per task beyond the shared backbone
     prepare_s: float = 0.0          # seconds spent before training (SPT's sensitivity pass and allocation)
-    param_groups: list | None = None
     fit: Callable | None = None     # its own training instead of the shared loop: (train, test, seed) -> dict with
                                     # value, trainable, stored, train_mb, s_per_step (frozen-embedding methods)
     method: object = None           # the registered method that built it
@@ -119,12 +119,16 @@ def _vit(ctx: Context) -> nn.Module:
 
 
 def _options(row: ArenaMethod, ctx: Context) -> dict:
-    """The arena's shared sizes, for the config fields the method has."""
+    """The arena's shared sizes, for the config fields the method has. The shared rate goes to what a method mainly
+    trains; PE-CLIP's prompt learner, when it trains beside the adapters, keeps the official ratio to their rate
+    (`PROMPT_LR_RATIO`), while MaPLe's prompts alone take the shared rate (MaPLe's own 0.0035 is close to it)."""
     cfg = ctx.cfg
+    cls = method_class(row.method)
     blocks = len(ctx.clip.model.visual.transformer.resblocks)
     shared = {"rank": cfg.rank, "budget": cfg.budget, "n_ctx": cfg.n_ctx, "depth": min(cfg.prompt_depth or 9, blocks),
-              "sensitivity_batches": 4, "sensitivity_batch_size": 16}   # SPT: a quick ranking on 4 batches of 16
-    fields = {f.name for f in dataclasses.fields(method_class(row.method).config_class)}
+              "sensitivity_batches": 4, "sensitivity_batch_size": 16,   # SPT: a quick ranking on 4 batches of 16
+              "lr_prompts": cfg.fit.lr * (PROMPT_LR_RATIO if getattr(cls, "adapters", False) else 1.0)}
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
     return {k: v for k, v in shared.items() if k in fields and v is not None}
 
 
@@ -166,6 +170,16 @@ class FramePooled(nn.Module):
             return self.vit(x)
         f = self.vit.forward_head(self.vit.forward_features(x.flatten(0, 1)), pre_logits=True)
         return self.vit.head(f.reshape(*x.shape[:2], -1).mean(1))
+
+
+def own_groups(built: Built, fit: TrainSpec) -> list[dict] | None:
+    """The optimiser groups of a method that sets its own (PE-CLIP: adapters and prompts at their rates), else None
+    (the training loop's groups: every trainable weight at `fit.lr`)."""
+    m = built.method
+    if m is None or type(m).param_groups is Method.param_groups:
+        return None
+    model = built.model.inner if isinstance(built.model, ImagesAsClips) else built.model
+    return m.param_groups(model, fit.lr, fit.weight_decay)
 
 
 def frames_of(data):
@@ -277,7 +291,7 @@ def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: 
                 train_mb = step_memory_mb(built.model, data["train"], cfg.fit.batch_size)
                 lr = cfg.fit.lr * (cfg.full_lr_scale if method.family == "full" else 1.0)
                 fit = dataclasses.replace(cfg.fit, seed=seed, lr=lr)
-                r = fit_classifier(built.model, data["train"], data["test"], fit, param_groups=built.param_groups)
+                r = fit_classifier(built.model, data["train"], data["test"], fit, param_groups=own_groups(built, fit))
                 value, s_step = r["last"], r["s_per_step"]
             else:
                 train_mb, s_step = float("nan"), float("nan")

@@ -12,7 +12,6 @@ from ..data.microworld import LabelledSet
 from ..data.streams import GeneratedC
 from ..eval import accuracy
 from ..methods.batclip import batclip_losses
-from ..methods.peclip import TEMPERATURE
 from ..methods.tta import entropy, layer_norms
 from ..models.loader import load_backbone
 from ..profiles import get_profile
@@ -31,7 +30,7 @@ def feature_view(model: nn.Module):
     if isinstance(model, ImagesAsClips):
         def view(x):
             image, text = model.inner.features(x.unsqueeze(1))
-            return nn.functional.normalize(image, dim=-1) @ text.T / TEMPERATURE, image, text
+            return model.inner.scale() * nn.functional.normalize(image, dim=-1) @ text.T, image, text
         return view
     if isinstance(model, FramePooled) and isinstance(model.vit, VisionTransformer):
         model = model.vit

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..bench import count_parameters, time_per_step
-from ..data.corruptions import CORRUPTIONS
-from ..eval import class_alignment
 from ..data import microworld
+from ..data.corruptions import CORRUPTIONS
 from ..data.streams import GeneratedC, ReleasedC
+from ..eval import class_alignment
 from ..methods.batclip import CI_SETUPS, PAPER_SETUPS
 from ..methods.registry import build_method
 from ..methods.tta import corruption_benchmark
 from ..models import load_backbone, load_clip
-from ..transforms import preprocess_batch
 from ..profiles import get_profile
+from ..transforms import preprocess_batch
 from . import core
 
 NAME = "04_batclip"

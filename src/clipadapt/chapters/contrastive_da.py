@@ -117,7 +117,8 @@ def compute(s: Setup, r: core.Result) -> None:
     by = res.groupby("setup")
     summary = per_clf.assign(**{"mean over classifiers": per_seed.mean(), "± std over seeds": per_seed.std(),
                                 "dimensions": by["dim"].first(), "fitted parameters": by["trainable"].mean(),
-                                "fit time (s)": by["fit_s"].mean()})
+                                "fit time (s)": by["fit_s"].mean(),
+                                "fits short of convergence": by["converged"].apply(lambda c: int((~c).sum()))})
     r.add_table("summary", summary)
     for key, row in [("da_head_f1", "contrastive heads, per modality"), ("da_joint_f1", "contrastive head, joint"),
                      ("da_raw_f1", "raw embeddings"), ("da_pca_f1", "PCA-128 per modality")]:
@@ -131,6 +132,8 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("da_head_params", f"{heads_trainable:,}")
     for row in SETUPS_COMPARED:
         r.log(f"macro_f1_mean[{row}]", per_seed[row].mean())
+    r.text("da_not_converged", int((~res.converged).sum()))
+    r.text("da_fits", len(res))
 
     # is the gain more than noise: per seed
     diffs = pd.DataFrame({

@@ -17,8 +17,8 @@ import torch
 from ..bench import count_parameters
 from ..data import clips, dfer
 from ..data.clips import AU_DESCRIPTIONS, EXPRESSIONS
-from ..eval import confusion_matrix, encode_images, encode_texts, uar_war, zero_shot_predict
 from ..engine import TrainSpec
+from ..eval import confusion_matrix, encode_images, encode_texts, uar_war, zero_shot_predict
 from ..methods import peclip
 from ..models import load_backbone
 from ..models.prompts import MultiModalPrompts

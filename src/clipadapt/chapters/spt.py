@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..checkpoints import JobStore
 from ..data import fgvc, vtab
 from ..engine import TrainSpec
-from ..checkpoints import JobStore
 from ..finetune import fit_classifier
 from ..methods import spt
 from ..models.vit import PAPER_VIT, load_vit

@@ -15,11 +15,10 @@ from io import BytesIO
 import cv2
 import numpy as np
 import skimage as sk
+from imagecorruptions import corruptions as _ic
 from PIL import Image
 from scipy.ndimage import map_coordinates
 from skimage.filters import gaussian
-
-from imagecorruptions import corruptions as _ic
 
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
@@ -171,8 +170,8 @@ def check(name: str, severity: int) -> None:
     """Fail with the list of valid values on an unknown corruption name or a severity outside 1-5."""
     if name not in _FUNCS:
         raise ValueError(f"unknown corruption {name!r}; the 15 CIFAR-10-C corruptions are: {', '.join(CORRUPTIONS)}")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be one of 1-5, got {severity!r}")
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
+        raise ValueError(f"severity must be a whole number from 1 to 5, got {severity!r}")
 
 
 def corrupt(image: np.ndarray, name: str, severity: int) -> np.ndarray:
@@ -185,6 +184,11 @@ def corrupt(image: np.ndarray, name: str, severity: int) -> np.ndarray:
 
 
 def corrupt_batch(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
-    """Corrupt a uint8 batch (n x H x W x 3); the same seed gives the same corrupted images."""
+    """Corrupt a uint8 batch (n x H x W x 3); the same seed gives the same corrupted images. The corruptions draw
+    from NumPy's global generator: it is seeded here and given back to the caller in the state it had."""
+    state = np.random.get_state()
     np.random.seed(seed)
-    return np.stack([corrupt(im, name, severity) for im in images]) if len(images) else images.copy()
+    try:
+        return np.stack([corrupt(im, name, severity) for im in images]) if len(images) else images.copy()
+    finally:
+        np.random.set_state(state)

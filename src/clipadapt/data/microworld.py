@@ -68,6 +68,14 @@ class LabelledSet:
     labels: np.ndarray
     classes: tuple[str, ...]
 
+    def __post_init__(self):
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels; give one label "
+                             "per image")
+        if len(self.labels) and (int(np.min(self.labels)) < 0 or int(np.max(self.labels)) >= len(self.classes)):
+            raise ValueError(f"{self.name}: labels run from {int(np.min(self.labels))} to {int(np.max(self.labels))} "
+                             f"but there are {len(self.classes)} class names; give one name per label id")
+
 
 def heldout_shapes(n: int = 2000, seed: int = HELDOUT_SEED) -> LabelledSet:
     """Shape scenes never seen in pretraining, labelled by shape."""

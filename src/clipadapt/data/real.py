@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import BrokenFileError
+
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -47,11 +49,16 @@ def fashion_mnist_dir() -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    fix = (f"Reinstall it ({FASHION_INSTALL}) or replace the file"
+           + (" (CLIPADAPT_FASHION_MNIST points here)." if os.environ.get("CLIPADAPT_FASHION_MNIST") else "."))
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+        ndim = data[3]
+        shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, EOFError, IndexError, ValueError) as e:
+        raise BrokenFileError(f"the Fashion-MNIST file {path} is damaged ({type(e).__name__}: {e}). {fix}") from e
 
 
 def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
+from ..utils import read_npy
 from .corruptions import check
 from .real import DatasetMissingError
 
@@ -86,8 +87,9 @@ def load_cifar_c(name: str, corruption: str, severity: int, root: str | Path | N
     for p in (x_path, y_path):
         if not p.exists():
             raise _missing(spec, root, p.name)
-    x = np.load(x_path, mmap_mode="r")
-    y = np.load(y_path)
+    fix = f"Delete it and prepare the data again:\n    {spec.prepare_command(root)}"
+    x = read_npy(x_path, fix, mmap_mode="r")
+    y = read_npy(y_path, fix)
     if len(x) % 5 or len(x) != len(y):
         raise ValueError(f"{x_path} has {len(x)} images and {y_path.name} {len(y)} labels; expected 5 equal severity "
                          "blocks with one label each")

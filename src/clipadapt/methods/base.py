@@ -71,10 +71,18 @@ def config_help(config_class) -> list[dict]:
 
 @dataclass
 class ClassTexts:
-    """The `"clip"` backbone: an open_clip CLIP, its tokenizer and the text of each class, in label order."""
+    """The `"clip"` backbone: an open_clip CLIP, its tokenizer and the text of each class, in label order.
+    `temperature`: logits are cosine / temperature; None (default) uses the model's own learned `logit_scale`
+    (PE-CLIP's chapter fixes 0.01, as the official FERPA model)."""
     clip: nn.Module
     tokenizer: Any
     texts: list[str]
+    temperature: float | None = None
+
+    def __post_init__(self):
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be above 0 (logits = cosine / temperature), got {self.temperature}; "
+                             "leave it None to use the model's own logit_scale")
 
 
 def backbone_kind(backbone) -> str:

@@ -3,7 +3,7 @@
 - `zero-shot`: CLIP as it is, classes by their texts (nothing trains);
 - `linear-probe`: a linear classifier on frozen features (the image tower's head; on CLIP, PE-CLIP's probe on the
   mean-pooled, normalised frame embeddings);
-- `full-finetune`: every weight (on CLIP all but `logit_scale`: the logits keep PE-CLIP's fixed temperature);
+- `full-finetune`: every weight (on CLIP all but `logit_scale`: the logits keep the backbone's temperature);
 - `lora`: LoRA through peft (image tower: the attention's fused qkv projection of every block at rank r, as SPT's
   VTAB-1k baseline; VL model: q and v of every attention at rank d/6, as VL-PET's Table 2);
 - `adapter`: a sequential bottleneck adapter after the MLP of every block (SPT's adapter baseline).
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .base import Method, option
 from .peclip import LinearProbe as VideoLinearProbe
 from .peclip import PEClip
+from .registry import register
 from .spt import add_structured, block_linears, full_finetune, linear_probe
 from .vlpet import BaselineConfig, apply_vl
-from .registry import register
-from .base import Method, option
 
 
 @register("zero-shot", "zero-shot")
@@ -26,7 +26,8 @@ class ZeroShot(Method):
     family, backbones, chapter = "zero-shot", ("clip",), "backbone"
 
     def _apply(self, backbone, kind, data):
-        return PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
+        return PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False,
+                      temperature=backbone.temperature)
 
 
 @register("linear-probe", "linear probe")
@@ -50,9 +51,10 @@ class FullFinetune(Method):
             return full_finetune(backbone)
         if kind == "vl":
             return apply_vl(backbone, "full")
-        model = PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False)
+        model = PEClip(backbone.clip, backbone.tokenizer, backbone.texts, adapters=False, prompts=False,
+                      temperature=backbone.temperature)
         for n, p in model.clip.named_parameters():
-            p.requires_grad_(n != "logit_scale")   # the logits use PE-CLIP's fixed temperature
+            p.requires_grad_(n != "logit_scale")   # the logits keep the backbone's temperature
         return model
 
 

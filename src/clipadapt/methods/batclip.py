@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .registry import register
 from .base import option
+from .registry import register
 from .tta import TTAConfig, TTAMethod, entropy, layer_norms
 
 TOWERS = ("both", "image", "text")

@@ -17,6 +17,8 @@ that behaviour for the chapter's comparison.
 """
 from __future__ import annotations
 
+import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +142,9 @@ def adapter_groups(model: nn.Module) -> dict[str, int]:
 
 def encode_video(model: nn.Module, frames: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Video embeddings: (videos, T, 3, H, W) frames through the image tower as one batch, mean over T."""
+    if frames.dim() != 5 or frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] != 3:
+        raise ValueError(f"expected clips as videos x T x 3 x H x W with at least one video and one frame, got shape "
+                         f"{tuple(frames.shape)} (one image as a clip: x.unsqueeze(1))")
     v, t = frames.shape[:2]
     set_frames(model, t)
     e = model.encode_image(frames.flatten(0, 1)).reshape(v, t, -1).mean(1)
@@ -148,16 +153,20 @@ def encode_video(model: nn.Module, frames: torch.Tensor, normalize: bool = True)
 
 # ---- the whole model: adapters + multimodal prompts + class texts, cosine logits at temperature 0.01
 
-TEMPERATURE = 0.01   # logits = cos / 0.01, as the official FERPA model (CLIP's logit_scale is not used)
+TEMPERATURE = 0.01   # the chapter's logits = cos / 0.01, as the official FERPA model (CLIP's logit_scale is not used)
+PROMPT_LR_RATIO = 3e-5 / 2e-4   # the official AdamW groups: the prompt learner at 0.15 times the adapters' rate
 
 
 class PEClip(nn.Module):
     """PE-CLIP around an open_clip CLIP: frozen towers, adapters (see `add_adapters`), MaPLe prompts, and one text per
-    class (FACS AU descriptions by default). forward(frames: videos x T x 3 x H x W, preprocessed) -> logits."""
+    class (FACS AU descriptions by default). forward(frames: videos x T x 3 x H x W, preprocessed) -> logits, the
+    cosines divided by `temperature` (None: times the model's own frozen `logit_scale`)."""
 
     def __init__(self, clip: nn.Module, tokenizer, class_texts, temporal: str = "tda", text_adapters: bool = True,
-                 adapters: bool = True, prompts: bool = True, n_ctx: int = 2, depth: int = 9, sha: bool = True):
+                 adapters: bool = True, prompts: bool = True, n_ctx: int = 2, depth: int = 9, sha: bool = True,
+                 temperature: float | None = TEMPERATURE):
         super().__init__()
+        self.temperature = temperature
         self.clip = add_adapters(clip, temporal, text_adapters, sha=sha) if adapters else clip.requires_grad_(False)
         self.prompts = MultiModalPrompts(clip, n_ctx, depth) if prompts else None
         prefix = f"{self.prompts.placeholder} " if prompts else ""
@@ -172,15 +181,20 @@ class PEClip(nn.Module):
 
     def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The unnormalised video embeddings and the normalised class-text features the logits compare."""
-        from contextlib import nullcontext
         with self.prompts.applied(self.clip) if self.prompts is not None else nullcontext():
             video = encode_video(self.clip, frames, normalize=False)
             text = F.normalize(self.clip.encode_text(self.tokens), dim=-1)
         return video, text
 
+    def scale(self) -> torch.Tensor | float:
+        """What the cosines are multiplied by: 1 / temperature, or the model's own logit_scale (never trained)."""
+        if self.temperature is not None:
+            return 1.0 / self.temperature
+        return self.clip.logit_scale.detach().exp()
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         video, text = self.features(frames)
-        return F.normalize(video, dim=-1) @ text.T / TEMPERATURE
+        return self.scale() * F.normalize(video, dim=-1) @ text.T
 
 
 class LinearProbe(nn.Module):
@@ -214,7 +228,8 @@ class PEClipMethod(Method):
 
     def _apply(self, backbone, kind, data):
         return PEClip(backbone.clip, backbone.tokenizer, backbone.texts, temporal=self.temporal, adapters=self.adapters,
-                      prompts=self.prompts, n_ctx=self.cfg.n_ctx, depth=self.cfg.depth, sha=self.sha)
+                      prompts=self.prompts, n_ctx=self.cfg.n_ctx, depth=self.cfg.depth, sha=self.sha,
+                      temperature=backbone.temperature)
 
     def param_groups(self, model, lr, weight_decay):
         """Adapters at `lr`, the prompt learner at its own rate (the official AdamW groups)."""
@@ -288,8 +303,6 @@ def class_texts(kind: str, expressions) -> list[str]:
 def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expressions, **options) -> tuple[Method, nn.Module]:
     """The method and model of one ablation row around a fresh CLIP; model(frames: videos x T x 3 x H x W) ->
     logits. `options`: PEClipConfig fields (n_ctx, depth, lr_prompts), used by the rows that have them."""
-    import dataclasses
-
     if isinstance(variant, str):
         if variant not in VARIANTS:
             raise ValueError(f"unknown PE-CLIP variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -299,7 +312,7 @@ def build_variant(variant: str | Variant, clip: nn.Module, tokenizer, expression
         raise ValueError(f"unknown PE-CLIP option(s) {', '.join(sorted(unknown))}; use n_ctx, depth, lr_prompts")
     fields = {f.name for f in dataclasses.fields(method_class(variant.method).config_class)}
     method = build_method(variant.method, **{k: v for k, v in options.items() if k in fields})
-    return method, method.apply(ClassTexts(clip, tokenizer, class_texts(variant.texts, expressions)))
+    return method, method.apply(ClassTexts(clip, tokenizer, class_texts(variant.texts, expressions), TEMPERATURE))
 
 
 def video_dataset(frames: np.ndarray, labels, preprocess) -> TensorDataset:
@@ -349,7 +362,6 @@ def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, 
     step, and the test predictions (for the confusion matrix); for the variants named in `keep`, the trained model of
     the first seed (column "model"). `store` (a `clipadapt.checkpoints.JobStore`) keeps each (*key, variant, seed)
     job's row and trained weights: a stopped run resumes there."""
-    import dataclasses
     import time
 
     import pandas as pd

@@ -10,8 +10,8 @@ arXiv 2303.08566. Official code: github.com/ziplab/SPT (`engine.py: get_sensitiv
 2. **Allocation**: one global ranking; the top-tau entries are "sensitive". A weight matrix with at least cost/alpha
    sensitive entries (cost = the parameters of a rank-r LoRA or adapter for it; alpha = 10) gets that structured
    module; a vector (bias, LayerNorm) with at least 1/beta of its entries sensitive (beta = 5) is tuned fully;
-   otherwise a matrix tunes exactly its sensitive entries (a sparse delta). tau is chosen so that the trainable
-   parameters (head excluded) come closest to the budget.
+   otherwise a matrix, or a Linear's bias, tunes exactly its sensitive entries (a sparse delta). tau is chosen so
+   that the trainable parameters (head excluded) come closest to the budget.
 3. **Training** of those parameters and the head.
 
 Choices of this implementation (the chapter states them too):
@@ -25,8 +25,9 @@ Choices of this implementation (the chapter states them too):
 - Sparse deltas are torch parametrizations, W + scatter(delta): only the delta is a parameter, so weight decay and
   the optimizer state touch the chosen entries only. peft's SHiRA was considered for this part but requires exactly
   r(m + n) entries per matrix, while SPT's per-matrix counts are arbitrary.
-- Sensitive entries of vectors below the 1/beta threshold are not trained (the official code does not train them
-  either) and, unlike the official count, not counted: the budget counts what is trained.
+- A Linear's bias below the 1/beta threshold trains exactly its sensitive entries (a sparse delta), as the official
+  code's sparse-gradient Linear does; LayerNorm vectors below it are not trained (nor in the official code) and,
+  unlike the official count, not counted: the budget counts what is trained.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..finetune import batches
+from ..finetune import batches, check_targets
 from .base import Method, option
 from .registry import build_method, method_class, register
 
@@ -73,7 +74,7 @@ def sensitivity(model: nn.Module, data, batch_size: int = 32, n_batches: int = 1
     scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in ranked.items()}
     for x, y in islice(batches(data, batch_size), n_batches):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x.to(dev)), y.to(dev)).backward()
+        F.cross_entropy(check_targets(model(x.to(dev)), y), y.to(dev)).backward()
         for name, p in ranked.items():
             scores[name] += p.grad.detach().float() ** 2
     model.zero_grad(set_to_none=True)
@@ -163,6 +164,8 @@ def allocate(model: nn.Module, scores: dict[str, torch.Tensor], budget: int, kin
     thresholds = np.array([u[3] for u in units])
     full = np.array([u[4] for u in units])
     is_vector = np.array([scores[u[0]].dim() == 1 for u in units])
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    sparse_ok = ~is_vector | np.array([u[0].endswith(".bias") and u[0].rsplit(".", 1)[0] in linears for u in units])
 
     def counts(tau: int) -> np.ndarray:
         return np.array([np.searchsorted(p, tau) for p in positions])
@@ -170,7 +173,7 @@ def allocate(model: nn.Module, scores: dict[str, torch.Tensor], budget: int, kin
     def total(tau: int) -> int:
         c = counts(tau)
         over = (c >= thresholds) & (c > 0)
-        return int(np.where(over, full, np.where(is_vector, 0, c)).sum())
+        return int(np.where(over, full, np.where(sparse_ok, c, 0)).sum())
 
     extra = _always_trained(model)
     budget = budget - extra
@@ -199,7 +202,7 @@ def allocate(model: nn.Module, scores: dict[str, torch.Tensor], budget: int, kin
         elif c[u] >= thr and module is not None:
             structured.append(module)
             cost[module] = int(value)
-        elif not is_vector[u]:
+        elif sparse_ok[u]:   # a matrix's or a Linear bias's sensitive entries
             idx = top[(top >= offsets[u]) & (top < offsets[u + 1])] - offsets[u]
             sparse[name] = torch.from_numpy(idx.astype(np.int64))
     return Allocation(structured, vectors, sparse, total(tau) + extra, tau, kind, rank, cost)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from ..models.prompts import PromptContext
-from .registry import register
 from .base import option
+from .registry import register
 from .tta import TTAConfig, TTAMethod
 
 
@@ -84,6 +84,7 @@ class TPT(TTAMethod):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per image: reset, tune the prompt on its confident views, then classify it with the tuned prompt."""
+        self.check_input(images)
         scale = self.model.logit_scale.exp()
         out = []
         for image in images:

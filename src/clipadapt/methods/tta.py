@@ -27,7 +27,7 @@ from ..eval import accuracy, check_classnames, check_labels
 from ..transforms import preprocess_batch
 from ..utils import progress, seed_everything
 from .base import option
-from .registry import build_method, register
+from .registry import build_method, known_methods, register
 
 
 @dataclass
@@ -106,8 +106,20 @@ class TTAMethod(nn.Module):
     def _text_features(self) -> torch.Tensor:
         return F.normalize(self.model.encode_text(self.tokens), dim=-1)
 
+    def check_input(self, images: torch.Tensor) -> None:
+        """Images as the model takes them: float n x 3 x size x size, from the backbone's preprocess."""
+        size = self.model.visual.image_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        if (not torch.is_tensor(images) or not images.is_floating_point() or images.dim() != 4
+                or images.shape[1] != 3 or tuple(images.shape[2:]) != size):
+            got = (f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__)
+            raise ValueError(f"{type(self).__name__} takes preprocessed float images n x 3 x {size[0]} x {size[1]}, got "
+                             f"{got}; pass uint8 n x h x w x 3 images through "
+                             "clipadapt.transforms.preprocess_batch(backbone.preprocess, images), or use run_stream")
+
     def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits and the features the losses need: unnormalised image embeddings and normalised text ones."""
+        self.check_input(images)
         with self.autocast(images.device):
             img = self.model.encode_image(images)
             txt = self._text_features() if self._fixed_text is None else self._fixed_text
@@ -191,6 +203,8 @@ class Source(TTAMethod):
     """The source model as it is (zero-shot CLIP on the stream): the reference every test-time method is compared
     with."""
 
+    min_batch = 1       # nothing adapts: any batch, even one image
+
     def loss(self, out):  # never called: nothing is trainable
         raise RuntimeError("the source model has no loss")
 
@@ -226,6 +240,10 @@ def corruption_benchmark(load_backbone_fn, source, methods: dict[str, dict], cor
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
+    for label, spec in methods.items():
+        if not isinstance(spec, dict) or "method" not in spec:
+            raise ValueError(f"methods[{label!r}] must be a dict with a 'method' key (a registered name: "
+                             f"{', '.join(known_methods('test-time'))}), e.g. {{'method': 'tent'}}; got {spec!r}")
     state = PartialState(cpu=not torch.cuda.is_available()) if distributed() else None   # gloo on a CPU launch
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     jobs = [(c, s) for s in severities for c in corruptions]

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..profiles import get_profile
-from ..utils import cache_dir
+from ..utils import cache_dir, hub_offline
 from .pretrain import check_tiny_checkpoint, tiny_checkpoint_path
 from .tiny import TINY_NAME, TINY_TAG, register_configs
 
@@ -34,6 +34,10 @@ class ModelError(ValueError):
 
 class OfflineWeightsError(RuntimeError):
     """Weights that need the network were asked for on a machine that is offline."""
+
+
+class CheckpointError(ValueError):
+    """A local checkpoint file that cannot be read or does not fit the architecture; the message says what to do."""
 
 
 @dataclass
@@ -56,10 +60,6 @@ def known_models() -> list[str]:
     return list(open_clip.list_models())
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
 def load_clip(name: str, pretrained: str | os.PathLike | None = None, *, cache: str | os.PathLike | None = None,
               device: str | torch.device = "cpu") -> LoadedCLIP:
     """Build open_clip model `name` with weights `pretrained`: a tag, a local file, or None (random init)."""
@@ -80,23 +80,37 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, *, cache: 
                                     "clipadapt.models.pretrain.ensure_tiny_clip() in a notebook).")
         base = _tiny_from_file(str(path), path.stat().st_mtime_ns, str(device))
         return replace(base, model=copy.deepcopy(base.model), pretrained=TINY_TAG)
-    if tag is not None and (Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in tag):
-        if not Path(tag).exists():
-            raise FileNotFoundError(f"checkpoint file {tag} does not exist")
-    elif tag is not None:
-        tags = open_clip.list_pretrained_tags_by_model(name)
+    local = tag is not None and (Path(tag).is_file() or Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors")
+                                 or os.sep in tag)
+    if local and not Path(tag).is_file():
+        raise FileNotFoundError(f"checkpoint file {tag} does not exist")
+    if local and Path(tag).stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file {tag} is empty (0 bytes): a copy or download that did not finish. "
+                              "Copy or download it again.")
+    if tag is not None and not local:
+        tags = [TINY_TAG] if name == TINY_NAME else open_clip.list_pretrained_tags_by_model(name)
         if tag not in tags:
-            raise ModelError(f"unknown pretrained tag {tag!r} for {name}; known tags: {', '.join(tags) or 'none'}, "
-                             "or give a path to a local checkpoint file.")
+            close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ModelError(f"unknown pretrained tag {tag!r} for {name}.{hint} Known tags: {', '.join(tags) or 'none'}, "
+                             "or give the path of a local checkpoint file.")
     cache_path = str(cache) if cache is not None else str(cache_dir() / "open_clip")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag, cache_dir=cache_path,
                                                                      device=device)
-    except RuntimeError as e:
-        if tag is not None and not Path(tag).exists() and ("download" in str(e).lower() or _offline()):
+    except Exception as e:
+        if local:   # unreadable bytes (pickle/zip errors) or weights of another architecture (shape/assert errors)
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(
+                f"checkpoint file {tag} could not be loaded into {name} ({type(e).__name__}: {first}). Check that it is a "
+                f"{name} checkpoint (a state dict saved with torch.save, or open_clip's own file) and that the file "
+                "is complete; the model name must match the architecture the weights were trained with.") from e
+        if not isinstance(e, RuntimeError):
+            raise
+        if tag is not None and ("download" in str(e).lower() or hub_offline()):
             raise OfflineWeightsError(
                 f"weights {name}/{tag} are not in the cache {cache_path} and could not be downloaded "
-                f"({'HF_HUB_OFFLINE=1 is set' if _offline() else 'no network'}). On a machine with internet run\n"
+                f"({'HF_HUB_OFFLINE=1 is set' if hub_offline() else 'no network'}). On a machine with internet run\n"
                 f"    python data_scripts/download_weights.py --model {name} --pretrained {tag} --cache {cache_path}\n"
                 "then copy that folder here (or pass cache=...)."
             ) from e

@@ -2,11 +2,12 @@
 
 Deterministic under a seed on a given machine; the weights and the training history are cached under
 `tiny_checkpoint_path()`, keyed by the model config, the data version and this recipe, so every notebook and test
-loads the same file. `python data_scripts/build_ci_assets.py` or `ensure_tiny_clip()` builds it (about 6 minutes on
-2 CPU cores).
+loads the same file. `python data_scripts/build_ci_assets.py` or `ensure_tiny_clip()` fetches it from this version's
+release (`models.release`) or, where that fails, builds it (about 6 minutes on 2 CPU cores).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from ..engine import TrainSpec, train
 from ..eval import zero_shot_accuracy
 from ..transforms import preprocess_batch
 from ..utils import ChecksumError, atomic_write, cache_dir, file_digest, seed_everything
+from .release import Asset, fetch
 from .tiny import TINY_NAME, TINY_TAG, register_configs, tiny_config
 
 
@@ -42,8 +44,6 @@ class PretrainConfig:
 
 def tiny_checkpoint_path() -> Path:
     """Where the tiny CLIP's weights live: the cache, keyed by the model config, the data version and this recipe."""
-    import hashlib
-
     key = json.dumps([tiny_config(), DATA_VERSION, PretrainConfig().__dict__], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "tiny-clip" / f"{TINY_NAME}-{TINY_TAG}-{digest}.pt"
@@ -115,14 +115,19 @@ def pretrain_tiny_clip(cfg: PretrainConfig = PretrainConfig(), out_path: str | P
     hist["sources"] = {s: int(np.sum(np.array(corpus.source) == s)) for s in sorted(set(corpus.source))}
     model.eval()
     if out_path is not None:
-        out_path, text = Path(out_path), json.dumps(hist)
-        digest_path(out_path).unlink(missing_ok=True)
-        atomic_write(out_path, lambda p: torch.save(model.state_dict(), p))
-        atomic_write(history_path(out_path), lambda p: p.write_text(text))
-        digest = file_digest(out_path)
-        atomic_write(digest_path(out_path), lambda p: p.write_text(digest))   # last: the build is complete
+        save_tiny_clip(model.state_dict(), hist, out_path)
     hist["model"] = model
     return hist
+
+
+def save_tiny_clip(state_dict: dict, hist: dict, out_path: str | Path) -> None:
+    """Write the weights, then the history, then (last: the build is complete) the weights' sha256."""
+    out_path, text = Path(out_path), json.dumps(hist)
+    digest_path(out_path).unlink(missing_ok=True)
+    atomic_write(out_path, lambda p: torch.save(state_dict, p))
+    atomic_write(history_path(out_path), lambda p: p.write_text(text))
+    digest = file_digest(out_path)
+    atomic_write(digest_path(out_path), lambda p: p.write_text(digest))
 
 
 def history_path(ckpt: Path) -> Path:
@@ -136,6 +141,30 @@ def digest_path(ckpt: Path) -> Path:
 REBUILD = "python data_scripts/build_ci_assets.py --force   # about 5 minutes on 2 cores"
 
 
+def check_digest(got: str, record: Path, what: str, rebuild: str = REBUILD) -> str:
+    """`got`, the sha256 of `what` now, against the one in `record`, written when it was built: a mismatch is an error
+    that gives the `rebuild` command (never a silent retrain or a silent load). A build from before digests were
+    recorded gets its digest now. The one check of both tiny models."""
+    if not record.exists():
+        atomic_write(record, lambda p: p.write_text(got))
+        return got
+    recorded = record.read_text().strip()
+    if got != recorded:
+        raise ChecksumError(f"{what} does not match the sha256 recorded when it was built ({got[:12]} against "
+                            f"{recorded[:12]}): it was damaged or replaced. Rebuild it with\n    {rebuild}")
+    return got
+
+
+def folder_digest(folder: Path, exclude: tuple[str, ...] = ()) -> str:
+    """One sha256 over a folder's files in a fixed order: of the `sha256sum` lines ("<sha256>  <path>") of its files
+    sorted by relative path, leaving out the `exclude`d names and hidden (temporary) files."""
+    folder = Path(folder)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.name not in exclude and not p.name.startswith("."))
+    lines = "".join(f"{file_digest(folder / f)}  {f}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def check_tiny_checkpoint(path: Path) -> str:
     """The sha256 of the cached tiny CLIP's weights, checked against the one recorded when they were built: a
     damaged, cut-short or replaced file, or a build without its history, is an error that gives the rebuild command
@@ -144,21 +173,21 @@ def check_tiny_checkpoint(path: Path) -> str:
     if not history_path(path).exists():
         raise ChecksumError(f"the tiny CLIP at {path} has no pretraining history ({history_path(path).name}): its build "
                             f"did not finish. Rebuild it with\n    {REBUILD}")
-    got = file_digest(path)
-    if not digest_path(path).exists():
-        atomic_write(digest_path(path), lambda p: p.write_text(got))
-        return got
-    recorded = digest_path(path).read_text().strip()
-    if got != recorded:
-        raise ChecksumError(f"the tiny CLIP at {path} does not match the sha256 recorded when it was built ({got[:12]} "
-                            f"against {recorded[:12]}): it was damaged or replaced. Rebuild it with\n    {REBUILD}")
-    return got
+    return check_digest(file_digest(path), digest_path(path), f"the tiny CLIP at {path}")
+
+
+def clip_asset() -> Asset:
+    """The tiny CLIP as a release asset: its history, weights and sha256 (installed in that order)."""
+    path, root = tiny_checkpoint_path(), cache_dir()
+    files = tuple(p.relative_to(root).as_posix() for p in (history_path(path), path, digest_path(path)))
+    return Asset("tiny-clip.tar", "the tiny CLIP", files, lambda r: check_tiny_checkpoint(r / files[1]))
 
 
 def ensure_tiny_clip(show_progress: bool = True) -> Path:
-    """Path of the cached tiny CLIP checkpoint, pretraining it first when it is missing, checked when present."""
+    """Path of the cached tiny CLIP checkpoint, checked; when missing, fetched from this version's release or, where
+    that fails (offline, no asset, a checksum mismatch: one line says which), pretrained here."""
     path = tiny_checkpoint_path()
-    if not path.exists():
+    if not path.exists() and not fetch(clip_asset()):
         pretrain_tiny_clip(PretrainConfig(), path, show_progress=show_progress)
     check_tiny_checkpoint(path)
     return path

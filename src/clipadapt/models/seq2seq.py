@@ -10,13 +10,15 @@ embedded by the language model's own word embeddings and put before the visual t
   text denoising on `vltasks.language_corpus` (how it learns the words), captioning of pretraining scenes from the
   tiny CLIP's patch tokens (how it learns to look) and VL-T5's image-text matching (does this caption belong to this
   image: true / false; how it learns to check a sentence against an image). Cached under the cache folder, keyed by
-  config and recipe.
+  config and recipe, with a sha256 over its files (`files.sha256`, written last) checked on every load; fetched from
+  this version's release (`models.release`) before it is built.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,14 +32,17 @@ from ..data.microworld import DATA_VERSION, HELDOUT_SEED
 from ..data.vltasks import PROMPTS, VL_DATA_VERSION
 from ..engine import TrainSpec, train
 from ..transforms import preprocess_batch
-from ..utils import cache_dir, seed_everything
+from ..utils import atomic_write, cache_dir, seed_everything
 from .loader import load_clip
-from .pretrain import tiny_checkpoint_path
+from .pretrain import check_digest, digest_path, ensure_tiny_clip, folder_digest, tiny_checkpoint_path
+from .release import Asset, fetch
 from .tiny import TINY_NAME, TINY_TAG
 
 # the real architectures the chapter counts parameters on (hub config values, built without weights)
 PAPER_LMS = {"bart-base": "facebook/bart-base", "t5-base": "google-t5/t5-base"}
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # BART's ids 0-4
+LM_DIGEST = "files.sha256"    # in the tiny VL-BART's folder: the sha256 over its other files
+LM_REBUILD = "python data_scripts/build_ci_assets.py --force tiny-vl-bart   # about 13 minutes on 2 cores"
 
 
 @dataclass(frozen=True)
@@ -313,33 +318,67 @@ def pretrain_tiny_lm(cfg: TinyLMConfig = TinyLMConfig(), pcfg: LMPretrainConfig 
     hist["train_seconds"] = round(time.time() - t0, 1)
     model.eval()
     if out_dir is not None:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        lm.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save(model.visual.state_dict(), tmp / "visual.pt")
-        (tmp / "history.json").write_text(json.dumps(hist))
-        tmp.rename(out)
+        def write(tmp: Path) -> None:
+            lm.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            torch.save(model.visual.state_dict(), tmp / "visual.pt")
+            (tmp / "history.json").write_text(json.dumps(hist))
+        save_tiny_lm(out_dir, write)
     hist["model"] = model
     return hist
 
 
-def ensure_tiny_lm(show_progress: bool = True) -> Path:
-    """The cached tiny VL-BART folder, pretraining it first when missing (needs the tiny CLIP)."""
-    path = tiny_lm_dir()
+def save_tiny_lm(out_dir: str | Path, write) -> Path:
+    """`write(folder)` fills a scratch folder beside `out_dir`; its sha256 is recorded last and it is renamed onto
+    `out_dir`, so a reader sees a whole, checkable build or none."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)   # what an interrupted build left
+    tmp.mkdir(parents=True)
+    write(tmp)
+    digest = folder_digest(tmp, exclude=(LM_DIGEST,))
+    atomic_write(tmp / LM_DIGEST, lambda p: p.write_text(digest))
+    tmp.rename(out)
+    return out
+
+
+def check_tiny_lm(path: str | Path) -> str:
+    """The sha256 over the tiny VL-BART's files, checked against the one recorded when it was built (a damaged or
+    replaced file is an error naming the folder and the rebuild command); a folder built before digests were
+    recorded gets its digest now."""
+    path = Path(path)
     if not (path / "visual.pt").exists():
+        raise FileNotFoundError(f"the tiny VL-BART is not built yet at {path}. Build it with:\n"
+                                "    python data_scripts/build_ci_assets.py\n(or call "
+                                "clipadapt.models.seq2seq.ensure_tiny_lm() in a notebook).")
+    return check_digest(folder_digest(path, exclude=(LM_DIGEST,)), path / LM_DIGEST, f"the tiny VL-BART in {path}",
+                        LM_REBUILD)
+
+
+def lm_asset() -> Asset:
+    """The tiny VL-BART as a release asset: its folder, and the sha256 of the tiny CLIP it was trained on (fetched
+    only onto that same tiny CLIP)."""
+    root = cache_dir()
+    rel = tiny_lm_dir().relative_to(root).as_posix()
+    clip = digest_path(tiny_checkpoint_path()).relative_to(root).as_posix()
+    return Asset("tiny-vl-bart.tar", "the tiny VL-BART", (rel,), lambda r: check_tiny_lm(r / rel), requires=(clip,))
+
+
+def ensure_tiny_lm(show_progress: bool = True) -> Path:
+    """The cached tiny VL-BART folder, checked; when missing, fetched from this version's release or, where that
+    fails (one line says why), pretrained here (after the tiny CLIP, which it needs)."""
+    ensure_tiny_clip(show_progress)
+    path = tiny_lm_dir()
+    if not (path / "visual.pt").exists() and not fetch(lm_asset()):
         pretrain_tiny_lm(out_dir=path, show_progress=show_progress)
+    check_tiny_lm(path)
     return path
 
 
 def load_tiny_vl(path: str | Path | None = None) -> VLModel:
     """The pretrained tiny VL-BART (a fresh copy each call)."""
     path = Path(path) if path is not None else tiny_lm_dir()
-    if not (path / "visual.pt").exists():
-        raise FileNotFoundError(f"the tiny VL-BART is not built yet at {path}. Build it with:\n"
-                                "    python data_scripts/build_ci_assets.py\n(or call "
-                                "clipadapt.models.seq2seq.ensure_tiny_lm() in a notebook).")
+    check_tiny_lm(path)
     state = torch.load(path / "visual.pt", map_location="cpu")
     model = load_pretrained_vl(str(path), state["feat.0.weight"].shape[1])
     model.visual.load_state_dict(state)
