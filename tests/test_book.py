@@ -394,3 +394,19 @@ def test_reproduction_report_gathers_every_chapters_published_numbers(built_book
     assert glued(len(rows)) in html and glued(n["reproduced within tolerance"]) in html
     assert glued(n["not run on this profile"]) in html and glued(len(chapters)) in html
     assert {e["notebook"] for e in env} == chapters
+
+
+@pytest.mark.slow
+def test_own_images_page_shows_the_run_and_its_report(built_book):
+    """`clipadapt adapt` on the textile images: every arena row that fits the tiny CLIP ran over the seeds, the pick
+    follows the arena's rule, the predict step agreed with the run (the chapter raises otherwise), and the page shows
+    the report's figures and the glued numbers."""
+    res = chapter_result("own-images").record.tables["adapt"]
+    assert len(res["tables"]["runs"]) == len(res["info"]["methods"]) * len(res["info"]["seeds"]) >= 3 * 8
+    board = {r["method"]: r for r in res["tables"]["summary"]}
+    pick, best = res["tables"]["pick"]["pick"], res["tables"]["pick"]["best"]
+    assert board[best]["mean"] == max(r["mean"] for r in board.values())
+    assert board[pick]["mean"] >= board[best]["mean"] - (board[best]["std"] or 0.0)
+    m = load_record("07_own_images", "ci", book.ROOT / "results")["metrics"]
+    html = (built_book / "notebooks" / "07_own_images.html").read_text()
+    assert f"{m['pick_accuracy']:.1f}%" in html and html.count("<img") >= 3 and "conformal-clip-data" in html

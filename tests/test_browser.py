@@ -1,7 +1,8 @@
 """The built book in a real browser: Debian's Chromium (headless, `make browser` installs it) driven by Playwright.
 
 Every page loads without console errors, every chapter shows its figures, the language switch shows the other
-language and keeps it across pages, search finds terms in both languages, and no internal link is broken.
+language and keeps it across pages, search finds terms in both languages, and no internal link is broken. The
+report of an own-images run (`clipadapt adapt`) opens on its own with its figures and its language switch.
 Screenshots of the intro and a chapter in each language are saved to _build/screenshots/ as build artefacts.
 The machine has no internet: requests to other hosts are answered with an empty body and must be to known hosts.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
+from test_adapt import messy, run  # noqa: F401 (an own-images run on a messy folder, and that folder)
 
 from clipadapt import book
 
@@ -198,3 +200,16 @@ def test_chapters_link_their_terms_to_the_glossary_in_both_languages(built_book)
         targets = set(re.findall(r'href="\.\./book/glossary\.html#(term-[^"]+)"', html))
         assert len(targets) >= 6, f"{nb.stem}: links only {sorted(targets)} to the glossary"
         assert all(f'id="{t}"' in glossary for t in targets)
+
+
+def test_the_own_images_report_opens_with_its_figures_and_both_languages(browser, run):
+    out, _ = run
+    v = Visit(browser, out.as_uri() + "/")
+    page = v.open("report.html")
+    widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+    assert len(widths) >= 2 and min(widths) > 0, "the figures are embedded and decode"
+    assert page.locator("section[lang=en]").is_visible() and not page.locator("section[lang=ja]").is_visible()
+    page.click("text=日本語")
+    assert page.locator("section[lang=ja]").is_visible() and not page.locator("section[lang=en]").is_visible()
+    assert "推奨" in page.inner_text("section[lang=ja]") and page.evaluate("document.documentElement.lang") == "ja"
+    assert not v.errors and not v.hosts, (v.errors, v.hosts)

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from .bench import RATIO_NEEDS, benchmark, main
 from .core import (ARENA, FULL, TEMPLATE, ArenaConfig, ArenaMethod, Built, Context, FramePooled, ImagesAsClips,
-                   build, few_shot, frames_of, get_method, run, step_memory_mb, summary)
+                   build, few_shot, frames_of, get_method, pick, run, step_memory_mb, summary)
 from .robustness import TEST_TIME, OnTop, RobustnessConfig, feature_view, robustness
 
 __all__ = ["ARENA", "FULL", "RATIO_NEEDS", "TEMPLATE", "TEST_TIME", "ArenaConfig", "ArenaMethod", "Built", "Context",
            "FramePooled", "ImagesAsClips", "OnTop", "RobustnessConfig", "benchmark", "build", "feature_view",
-           "few_shot", "frames_of", "get_method", "main", "robustness", "run", "step_memory_mb", "summary"]
+           "few_shot", "frames_of", "get_method", "main", "pick", "robustness", "run", "step_memory_mb", "summary"]

@@ -77,6 +77,7 @@ class Context:
     classes: tuple[str, ...]
     train: torch.utils.data.Dataset
     cfg: ArenaConfig
+    texts: tuple[str, ...] | None = None   # each class's text for the text classifiers (default TEMPLATE of its name)
 
 
 ARENA: dict[str, ArenaMethod] = {m.name: m for m in (
@@ -141,7 +142,7 @@ def build(row: ArenaMethod, ctx: Context) -> Built:
     if row.backbone == "image tower":
         model = method.apply(_vit(ctx), frames_of(ctx.train))   # on clips, a sensitivity pass sees their frames
         return Built(FramePooled(model), method.stored(model), method.info.get("ranking_s", 0.0), method=method)
-    texts = [TEMPLATE.format(c) for c in ctx.classes]
+    texts = list(ctx.texts or [TEMPLATE.format(c) for c in ctx.classes])
     model = method.apply(ClassTexts(ctx.clip.model, ctx.clip.tokenizer, texts))
     return Built(ImagesAsClips(model), method.stored(model), method=method)
 
@@ -241,24 +242,26 @@ def step_memory_mb(model: nn.Module, data, batch_size: int) -> float:
 
 
 def run(methods, tasks, seeds=(0, 1, 2), cfg: ArenaConfig | None = None, profile: str = "ci",
-        show_progress: bool = True, store=None, key=()):
+        show_progress: bool = True, store=None, key=(), load: Callable | None = None):
     """Adapt every method to every task from a fresh backbone per seed; a tidy DataFrame, one row per run.
 
     `tasks`: `clipadapt.data.vtab.Task`s. Columns: method, family, chapter, task, group, seed, metric ("accuracy"),
     value (%), trainable, total, stored (parameters), train_mb (memory of one training step), s_per_step,
     adapt_s (preparation + training seconds), shots. `store` (a `clipadapt.checkpoints.JobStore`) keeps each
-    (*key, task, method, seed) job's row and trained weights: a stopped run resumes there.
+    (*key, task, method, seed) job's row and trained weights: a stopped run resumes there. `load()` gives a fresh
+    backbone (a `LoadedCLIP`); default the profile's.
     """
     import pandas as pd
     return pd.DataFrame([row for *_, row in _runs(methods, tasks, seeds, cfg or ArenaConfig(), profile, show_progress,
-                                                  store=store, key=key)])
+                                                  store=store, key=key, load=load)])
 
 
 def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: bool, desc: str = "arena runs",
-          store=None, key=()):
+          store=None, key=(), load: Callable | None = None):
     """Yield (task, method, seed, built, row) for every task, seed and method: the adapted model and its table row
     (read back from `store` with its trained weights when the job is stored)."""
     device = get_profile(profile).device
+    load_backbone_ = load or (lambda: load_backbone(profile))
     chosen = [get_method(m) for m in methods]
     for task in tasks:
         texts = [m.name for m in chosen if m.backbone == "CLIP" and m.family != "embeddings"]
@@ -270,12 +273,12 @@ def _runs(methods, tasks, seeds, cfg: ArenaConfig, profile: str, show_progress: 
     data = {}
     for task, method, seed in progress(jobs, desc=desc, disable=not show_progress):
         if data.get("key") != (task.name, seed):   # one few-shot sample per task and seed, shared by all methods
-            clip = load_backbone(profile)
+            clip = load_backbone_()
             idx = few_shot(task.y_train, cfg.shots, seed)
             data = {"key": (task.name, seed), "test": _dataset(clip, task.x_test, task.y_test),
                     "train": _dataset(clip, task.x_train[idx], task.y_train[idx])}
         seed_everything(seed)
-        ctx = Context(load_backbone(profile), tuple(task.classes), data["train"], cfg)
+        ctx = Context(load_backbone_(), tuple(task.classes), data["train"], cfg, getattr(task, "texts", None))
         t0 = time.perf_counter()
         built = build(method, ctx)
         built.model.to(device)
@@ -324,6 +327,19 @@ def _dataset(clip, images, labels):
     if isinstance(images, np.ndarray) and len(images) <= 5000:
         return TensorDataset(preprocess_batch(clip.preprocess, images), torch.as_tensor(labels, dtype=torch.long))
     return ImageSet(images, labels, clip.preprocess)
+
+
+def pick(board, among=None) -> tuple[str, list[str]]:
+    """The arena's pick for few labels from a board indexed by method (columns mean, std, train_mb): among the
+    methods (`among`, default all) within one seed-standard-deviation of the most accurate, the one whose training
+    step needs the least memory (one seed: no deviation, the most accurate). Returns (pick, the methods in reach)."""
+    best = board["mean"].idxmax()
+    std = board.loc[best, "std"]
+    rows = board if among is None else board.loc[list(among)]
+    near = rows[rows["mean"] >= board.loc[best, "mean"] - (0.0 if std != std else std)]
+    if near.empty:
+        raise ValueError(f"no method within reach of the most accurate ({best}); nothing to pick")
+    return near["train_mb"].idxmin(), list(near.index)
 
 
 def summary(df):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import arena as lib
+from ..arena.plots import frontier_plot, pareto  # noqa: F401 (the notebook draws with frontier_plot)
 from ..data import clips, vtab
 from ..data.streams import ReleasedC
 from ..engine import TrainSpec
@@ -60,32 +61,6 @@ def tasks(s: Setup) -> list:
     if s.profile == "ci":
         return [vtab.load_task(t, n_test=s.n_test) for t in s.tasks]
     return [vtab.load_vtab1k(t, s.data_root) for t in s.tasks]
-
-
-def pareto(x: pd.Series, y: pd.Series) -> list[str]:
-    """Methods not beaten on both axes at once (fewer is better on x, more on y), in x order."""
-    pts = pd.DataFrame({"x": x, "y": y}).sort_values(["x", "y"], ascending=[True, False])
-    front, best = [], -np.inf
-    for m, row in pts.iterrows():
-        if row["y"] > best:
-            front.append(m)
-            best = row["y"]
-    return front
-
-
-def frontier_plot(board: pd.DataFrame, front: list[str], x: str, xlabel: str, title: str, ax) -> None:
-    """Mean accuracy against `x` for the methods that train, the front as a grey step, zero-shot as a line."""
-    import seaborn as sns
-    trained = board[board["trainable"] > 0]
-    ax.step(trained.loc[front, x], trained.loc[front, "mean"], where="post", color="0.75", lw=3, zorder=0)
-    sns.scatterplot(data=trained.reset_index(), x=x, y="mean", hue="method", style="backbone", s=90, ax=ax,
-                    hue_order=list(board.index))
-    ax.errorbar(trained[x], trained["mean"], yerr=trained["std"], fmt="none", ecolor="0.4", lw=1, zorder=1)
-    if "zero-shot" in board.index:
-        ax.axhline(board.loc["zero-shot", "mean"], ls="--", color="0.3", lw=1)
-        ax.annotate("zero-shot", (trained[x].min(), board.loc["zero-shot", "mean"]), fontsize=8, va="bottom")
-    ax.set(xscale="log", xlabel=xlabel, ylabel="mean accuracy (%)", title=title)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
 
 
 def _fit(s: Setup, epochs: int, batch_size: int, warmup: int) -> TrainSpec:
@@ -236,8 +211,7 @@ def compute(s: Setup, r: core.Result) -> None:
 
     # the pick for few labels: within one seed-standard-deviation of the most accurate method, the least memory
     best_m = board["mean"].idxmax()
-    near = trained[trained["mean"] >= board.loc[best_m, "mean"] - board.loc[best_m, "std"]]
-    pick_m = near["train_mb"].idxmin()
+    pick_m, near = lib.pick(board, trained.index)
     for key, m in (("best", best_m), ("pick", pick_m)):
         r.text(f"arena_{key}", m)
         r.log(f"{key}_acc", board.loc[m, "mean"], glue_as=f"arena_{key}_acc")
@@ -245,7 +219,7 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("arena_best_std", board.loc[best_m, "std"])
     r.log("pick_memory_vs_full", board.loc[pick_m, "memory / full FT"], glue_as="arena_pick_mem")
     r.text("arena_pick_chapter", lib.get_method(pick_m).chapter)
-    r.record.tables["pick"] = {"best": best_m, "within_one_std": list(near.index), "pick": pick_m}
+    r.record.tables["pick"] = {"best": best_m, "within_one_std": near, "pick": pick_m}
     for key, m in (("peclip", "PE-CLIP adapters"), ("vlpet", "VL-PET gated adapters"), ("head", "contrastive head")):
         if m in board.index:
             r.text(f"arena_{key}_acc", board.loc[m, "mean"])

@@ -41,9 +41,14 @@ class TTAConfig:
     precision: str = option("fp32", "fp32, or bf16 (autocast of the forward pass)")
 
 
+def per_image_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The Shannon entropy of each row's softmax (nats): 0 for a certain prediction, log(classes) for a uniform one."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean Shannon entropy of the softmax predictions (nats)."""
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+    return per_image_entropy(logits).mean()
 
 
 def layer_norms(module: nn.Module) -> list[nn.LayerNorm]:
