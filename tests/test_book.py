@@ -409,4 +409,4 @@ def test_own_images_page_shows_the_run_and_its_report(built_book):
     assert board[pick]["mean"] >= board[best]["mean"] - (board[best]["std"] or 0.0)
     m = load_record("07_own_images", "ci", book.ROOT / "results")["metrics"]
     html = (built_book / "notebooks" / "07_own_images.html").read_text()
-    assert f"{m['pick_accuracy']:.1f}%" in html and html.count("<img") >= 3 and "conformal-clip-data" in html
+    assert f"{m['pick_accuracy']:.1f}" in html and html.count("<img") >= 3 and "conformal-clip-data" in html

@@ -9,9 +9,9 @@ import html
 import io
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from scipy.stats import binomtest
 
 from .arena import get_method
@@ -28,10 +28,9 @@ SWITCH = """function show(l){document.querySelectorAll('main > section[lang]').f
 s.classList.toggle('hidden', s.lang !== l)});document.documentElement.lang = l;}"""
 
 
-def _png(fig) -> str:
+def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    matplotlib.pyplot.close(fig)
     return '<img alt="figure" src="data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode() + '">'
 
 
@@ -46,14 +45,13 @@ def board_of(res: dict) -> pd.DataFrame:
 
 def figures(res: dict) -> dict[str, str]:
     """The report's figures as <img> tags: the two fronts, and the pick's confusion matrix and per-class accuracy."""
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    setup()
+    setup()   # figures without pyplot: a notebook's own backend stays as it is
     board = board_of(res)
     trained = board[board["trainable"] > 0]
     out = {}
     if len(trained):
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+        fig = Figure(figsize=(13, 4.6))
+        axes = fig.subplots(1, 2)
         frontier_plot(board, pareto(trained["trainable"], trained["mean"]), "trainable",
                       "trainable parameters / 学習するパラメータ数 (log)", "accuracy vs parameters / 精度とパラメータ数",
                       axes[0])
@@ -70,7 +68,8 @@ def figures(res: dict) -> dict[str, str]:
         pred = np.array(test["predictions"][pick]["pred"])
         cm = pd.crosstab(pd.Categorical(y, range(len(classes))), pd.Categorical(pred, range(len(classes))),
                          dropna=False).to_numpy().astype(float)
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+        fig = Figure(figsize=(12, 4.4))
+        axes = fig.subplots(1, 2)
         confusion_heatmap(cm / np.maximum(cm.sum(1, keepdims=True), 1), classes, axes[0],
                           f"{pick}, best seed: confusion (%) / 最良シードの混同行列 (%)")
         per_class = 100 * np.diag(cm) / np.maximum(cm.sum(1), 1)
