@@ -19,7 +19,7 @@ from ..finetune import ImageSet, batches, fit_classifier, labels_of, predict
 from ..methods import build_method, method_class
 from ..methods import contrastive_da as da
 from ..methods.base import ClassTexts, Method
-from ..methods.peclip import PROMPT_LR_RATIO
+from ..methods.peclip import PROMPT_LR_RATIO, video_dataset
 from ..models.loader import load_backbone
 from ..models.vit import clip_image_tower
 from ..profiles import get_profile
@@ -322,8 +322,7 @@ def _dataset(clip, images, labels):
     from torch.utils.data import TensorDataset
 
     if isinstance(images, np.ndarray) and images.ndim == 5:   # clips: n x T x H x W x 3, every frame preprocessed
-        x = preprocess_batch(clip.preprocess, images.reshape(-1, *images.shape[2:]))
-        return TensorDataset(x.reshape(*images.shape[:2], *x.shape[1:]), torch.as_tensor(labels, dtype=torch.long))
+        return video_dataset(images, labels, clip.preprocess)
     if isinstance(images, np.ndarray) and len(images) <= 5000:
         return TensorDataset(preprocess_batch(clip.preprocess, images), torch.as_tensor(labels, dtype=torch.long))
     return ImageSet(images, labels, clip.preprocess)

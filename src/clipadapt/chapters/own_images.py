@@ -16,11 +16,12 @@ from .. import adapt as tool
 from ..arena import ArenaConfig
 from ..engine import TrainSpec
 from ..report import facts
-from ..utils import cache_dir, spawn_seeds
+from ..utils import atomic_write, cache_dir, spawn_seeds
 from . import core
 
 NAME = "07_own_images"
-SOURCE = "conformal-clip-data (PyPI), the simulated textile images of Megahed et al. 2025 (arXiv 2501.12596)"
+SOURCE = ("conformal-clip-data (PyPI), the simulated textile images of Megahed et al. 2025, "
+          "https://arxiv.org/abs/2501.12596")
 DESCRIPTIONS = {   # class folder -> the text the text classifiers compare an image with
     "nominal": "a photo of a plain woven textile surface without defects.",
     "local": "a photo of a woven textile surface with one small local defect.",
@@ -64,9 +65,9 @@ def textile_csv(s: Setup, folder) -> str:
         if len(files) < s.per_class:
             raise ValueError(f"{label}: {len(files)} images in conformal-clip-data, fewer than per_class={s.per_class}")
         rows += [f"{files[i]},{label}" for i in np.sort(rng.permutation(len(files))[:s.per_class])]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "textiles.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    (folder / "names.tsv").write_text("".join(f"{k}\t{k}\t{v}\n" for k, v in DESCRIPTIONS.items()), encoding="utf-8")
+    names = "".join(f"{k}\t{k}\t{v}\n" for k, v in DESCRIPTIONS.items())
+    atomic_write(folder / "textiles.csv", lambda p: p.write_text("\n".join(rows) + "\n", encoding="utf-8"))
+    atomic_write(folder / "names.tsv", lambda p: p.write_text(names, encoding="utf-8"))
     return str(folder / "textiles.csv")
 
 

@@ -12,12 +12,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
 from .base import Method, option
-from .peclip import LinearProbe as VideoLinearProbe
-from .peclip import PEClip
+from .peclip import PEClip, encode_video
 from .registry import register
 from .spt import add_structured, block_linears, full_finetune, linear_probe
 from .vlpet import BaselineConfig, apply_vl
+
+
+class VideoLinearProbe(nn.Module):
+    """A linear classifier on the frozen CLIP's mean-pooled, L2-normalised frame embeddings (images: clips of one
+    frame)."""
+
+    def __init__(self, clip: nn.Module, n_classes: int):
+        super().__init__()
+        self.clip = clip.requires_grad_(False)
+        self.head = nn.Linear(clip.visual.output_dim, n_classes)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            video = encode_video(self.clip, frames)
+        return self.head(video)
 
 
 @register("zero-shot", "zero-shot")

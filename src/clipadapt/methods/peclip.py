@@ -197,20 +197,6 @@ class PEClip(nn.Module):
         return self.scale() * F.normalize(video, dim=-1) @ text.T
 
 
-class LinearProbe(nn.Module):
-    """A linear classifier on the frozen CLIP's mean-pooled, L2-normalised frame embeddings."""
-
-    def __init__(self, clip: nn.Module, n_classes: int):
-        super().__init__()
-        self.clip = clip.requires_grad_(False)
-        self.head = nn.Linear(clip.visual.output_dim, n_classes)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            video = encode_video(self.clip, frames)
-        return self.head(video)
-
-
 # ---- PE-CLIP's methods in the registry (zero-shot, linear probe and full fine-tuning: `methods.baselines`)
 
 @dataclass(frozen=True)
@@ -345,11 +331,8 @@ def _groups(model: nn.Module, method: Method, cfg: AblationConfig) -> list[dict]
 
 
 def uar_war_score(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    uar, war = uar_war(pred, labels, N_CLASSES)
+    uar, war = uar_war(pred, labels, len(EXPRESSIONS))
     return {"uar": uar, "war": war}
-
-
-N_CLASSES = 7
 
 
 def ablation(load_clip, data: dict, variants: dict[str, Variant] | None = None, seeds=(0,), fit_cfg=None,

@@ -335,15 +335,14 @@ class SPTConfig:
 
 
 def allocation_to_dict(alloc: Allocation) -> dict:
-    d = asdict(alloc)
-    d["sparse"] = {n: idx.tolist() for n, idx in alloc.sparse.items()}
-    return d
+    return {**asdict(alloc), "sparse": {n: idx.tolist() for n, idx in alloc.sparse.items()}}
 
 
 def allocation_from_dict(d: dict) -> Allocation:
     return Allocation(**{**d, "sparse": {n: torch.tensor(i, dtype=torch.long) for n, i in d["sparse"].items()}})
 
 
+@register("spt-lora", "SPT-LoRA")
 class SPT(Method):
     """SPT-LoRA: a budget goes to the most sensitive weights, as LoRA modules, full vectors or sparse entries."""
     family, backbones, chapter, config_class, needs_data = "peft", ("image",), "SPT", SPTConfig, True
@@ -375,9 +374,6 @@ class SPT(Method):
     def stored(self, model: nn.Module) -> int:
         """What trained plus the position of every sparse entry."""
         return super().stored(model) + sum(len(idx) for idx in self.structure["sparse"].values())
-
-
-register("spt-lora", "SPT-LoRA")(SPT)
 
 
 @register("spt-adapter", "SPT-Adapter")
