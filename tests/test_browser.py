@@ -1,6 +1,7 @@
 """The built book in a real browser: Debian's Chromium (headless, `make browser` installs it) driven by Playwright.
 
-Every page loads without console errors, every chapter shows its figures, the language switch shows the other
+Every page loads without console errors, every chapter shows its figures, no Japanese tab shows a blank between
+two CJK characters, the language switch shows the other
 language and keeps it across pages, search finds terms in both languages, and no internal link is broken. The
 report of an own-images run (`clipadapt adapt`) opens on its own with its figures and its language switch.
 Screenshots of the intro and a chapter in each language are saved to _build/screenshots/ as build artefacts.
@@ -18,6 +19,7 @@ import pytest
 from test_adapt import messy, run  # noqa: F401 (an own-images run on a messy folder, and that folder)
 
 from clipadapt import book
+from clipadapt.sphinxext import CJK
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +29,14 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 EXTERNAL_OK = {"cdn.jsdelivr.net"}  # MathJax, loaded from its CDN by jupyter-book's default configuration
 SHOTS = book.ROOT / "_build" / "screenshots"
+# the text of every paragraph-like block of the Japanese tabs, code and maths as a Latin letter (a blank next to
+# code is wanted)
+JA_BLOCKS = """() => [...document.querySelectorAll('label.sd-tab-label[data-sync-id=ja]')].flatMap(l =>
+    [...l.nextElementSibling.querySelectorAll('p, dt, td, th, figcaption')].map(b => {
+        const c = b.cloneNode(true);
+        c.querySelectorAll('pre, code, .math, mjx-container, script').forEach(e => e.replaceWith('x'));
+        return c.textContent; }))"""
+CJK_GAP = re.compile(f"[{CJK}]\\s+[{CJK}]")
 
 
 def pages(html: Path) -> list[Path]:
@@ -86,9 +96,10 @@ class Visit:
             .filter(l => document.getElementById(l.htmlFor).checked).map(l => l.dataset.syncId)"""))
 
 
-def test_every_page_loads_without_console_errors_and_chapters_show_their_figures(site, browser, built_book):
+def test_every_page_loads_without_console_errors_shows_its_figures_and_no_blank_between_japanese_characters(
+        site, browser, built_book):
     v = Visit(browser, site)
-    figures = {}
+    figures, gaps = {}, []
     for p in pages(built_book):
         rel = p.relative_to(built_book).as_posix()
         page = v.open(rel)
@@ -97,7 +108,11 @@ def test_every_page_loads_without_console_errors_and_chapters_show_their_figures
         broken = [src for src, w in imgs if w == 0]
         assert not broken, f"{rel}: images that did not load: {broken}"
         figures[rel] = len(imgs)
+        gaps += [f"{rel}: …{t[max(0, m.start() - 10):m.end() + 10]!r}…" for t in page.evaluate(JA_BLOCKS)
+                 for m in CJK_GAP.finditer(t)]
     v.ctx.close()
+    assert not gaps, f"{len(gaps)} blanks between two CJK characters in Japanese tabs (Chromium shows them):\n" + \
+        "\n".join(gaps[:30])
     assert not v.errors, "browser console errors:\n" + "\n".join(v.errors)
     assert v.hosts <= EXTERNAL_OK, f"pages ask other hosts than {EXTERNAL_OK}: {v.hosts - EXTERNAL_OK}"
     chapters = [nb.stem for nb in book.notebooks() if not nb.stem.startswith("9")]

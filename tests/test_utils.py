@@ -57,14 +57,18 @@ def test_reproduction_rows_get_the_status_their_numbers_give_and_the_report_gath
             rec.reproduce("c (%)", 76.93, "Table 2", float("nan")),      # not measured
             rec.reproduce("d (%)", 62.82, "README", None, licence=True),
             rec.reproduce("e", "up to +20%", "summary", 3.0),
-            rec.reproduce("f (%)", 4.16, "Table 2", 4.25, tolerance=0.05)]
-    assert [r["status"] for r in rows] == [STATUSES[0], STATUSES[1], STATUSES[2], STATUSES[3], STATUSES[4], STATUSES[1]]
+            rec.reproduce("f (%)", 4.16, "Table 2", 4.25, tolerance=0.05),
+            rec.reproduce("g: trainable share (%)", 4.16, "Table 2", 4.18, tolerance=0.05, count=True),
+            rec.reproduce("h: trainable share (%)", 4.16, "Table 2", 4.25, tolerance=0.05, count=True)]
+    assert [r["status"] for r in rows] == [STATUSES[0], STATUSES[1], STATUSES[2], STATUSES[3], STATUSES[4], STATUSES[1],
+                                           "count matches the architecture", "count differs"]
     assert rows[2]["ours"] is None and rows[4]["tolerance"] is None
     rec.save(tmp_path)
     RunRecord("00_y", "ci", 0).save(tmp_path)          # no reproduction table: not in the report
     RunRecord("01_x", "paper", 0).save(tmp_path)       # another profile: not in the report
     got, env = reproduction_report(tmp_path, "ci")
-    assert [r["quantity"] for r in got] == ["a (%)", "b (%)", "c (%)", "d (%)", "e", "f (%)"]
+    assert [r["quantity"] for r in got] == ["a (%)", "b (%)", "c (%)", "d (%)", "e", "f (%)", "g: trainable share (%)",
+                                          "h: trainable share (%)"]
     assert [e["notebook"] for e in env] == ["01_x"] and {"machine", "accelerator", "torch"} <= set(env[0])
 
 

@@ -2,7 +2,7 @@
 
     python -m clipadapt.book build --profile ci      # what `make book` runs
     python -m clipadapt.book run notebooks/00_backbone.ipynb --profile ci
-    python -m clipadapt.book check                    # English/Japanese parity of every page
+    python -m clipadapt.book check                    # English/Japanese parity of every page, one term per concept
     python -m clipadapt.book colab                    # write the Colab button and install cell into every notebook
 
 The chapters' runs are computed first, side by side where the profile allows (`clipadapt.chapters.prepare`); each
@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("run", help="run one notebook with papermill")
     r.add_argument("notebook")
     r.add_argument("--profile", default="ci")
-    sub.add_parser("check", help="check that every page and section has English and Japanese")
+    sub.add_parser("check", help="check that every page and section has English and Japanese, and that the Japanese "
+                                 "uses the glossary's preferred terms")
     sub.add_parser("colab", help="write the Colab button and install cell (release tag from _config.yml) into every notebook")
     a = ap.parse_args(argv)
     if a.cmd == "build":
@@ -296,8 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "colab":
         print("\n".join(f"updated {p.name}" for p in sync_colab()) or "every notebook is up to date")
     else:
-        errs = check_parity()
-        print("\n".join(errs) or "every page and section has English and Japanese")
+        from .terms import term_errors
+        errs = check_parity() + term_errors(ROOT)
+        print("\n".join(errs) or "every page and section has English and Japanese, and the glossary's terms")
         sys.exit(1 if errs else 0)
 
 

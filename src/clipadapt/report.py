@@ -163,7 +163,7 @@ def _prose(f: dict, lang: str) -> str:
         f"その標準偏差1つ分の範囲に入る手法は {f['near']} 個あり、推奨は"
         + ("その中で学習がまったく要らない手法です。" if f["pick_mb"] != f["pick_mb"] else
            f"その中で学習1ステップのメモリが最も少ない手法です({f['pick_mb']:,.0f} MiB"
-           + ("" if not f.get("full_mb") else f"。全体微調整では {f['full_mb']:,.0f} MiB") + ")。")
+           + ("" if not f.get("full_mb") else f"。全体の微調整では {f['full_mb']:,.0f} MiB") + ")。")
         + ("" if not f["unsaved"] else f"{e(f['unsaved'])} は比較しましたが、学習したモデルを <code>clipadapt predict</code> "
            "用に保存できないため、推奨の候補から外しています。") + "</p>")
     limits = ["<h2>この結果からは言えないこと</h2><ul>",

@@ -65,9 +65,9 @@ class RunRecord:
         return value
 
     def reproduce(self, quantity: str, published, source: str, ours=None, tolerance: float = 1.0,
-                  licence: bool = False) -> dict[str, Any]:
+                  licence: bool = False, count: bool = False) -> dict[str, Any]:
         """Add a row to this run's "reproduction" table (see `reproduction_row`) and return it."""
-        row = reproduction_row(self.notebook, quantity, published, source, ours, tolerance, licence)
+        row = reproduction_row(self.notebook, quantity, published, source, ours, tolerance, licence, count)
         self.tables.setdefault("reproduction", []).append(row)
         return row
 
@@ -144,15 +144,17 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
 # the reproduction report: every chapter's published numbers next to its own, one row format for all chapters
 
 STATUSES = ("reproduced within tolerance", "differs", "not run on this profile", "data needs a licence",
-            "no published number to compare")
+            "no published number to compare", "count matches the architecture", "count differs")
 
 
 def reproduction_row(chapter: str, quantity: str, published, source: str, ours=None, tolerance: float = 1.0,
-                     licence: bool = False) -> dict[str, Any]:
+                     licence: bool = False, count: bool = False) -> dict[str, Any]:
     """One row of the reproduction report. `published` is the paper's number (or its words, when it gives no
     number), `ours` this run's value of the same quantity (None or NaN: not measured on this run). Status: within
     `tolerance` (absolute, in the quantity's unit) of the published number, or not; when not measured, "data needs a
-    licence" if the dataset must be requested (`licence`), else "not run on this profile"."""
+    licence" if the dataset must be requested (`licence`), else "not run on this profile". A `count` (a number of
+    trainable parameters, which the architecture fixes) is "count matches the architecture" or "count differs",
+    apart from reproduced results."""
     if tolerance is not None and not tolerance >= 0:
         raise ValueError(f"tolerance must be 0 or more (in the quantity's unit), got {tolerance!r}")
     if as_number(published) is not None:
@@ -168,7 +170,8 @@ def reproduction_row(chapter: str, quantity: str, published, source: str, ours=N
     elif not numeric:
         status = STATUSES[4]
     else:
-        status = STATUSES[0] if abs(float(ours) - float(published)) <= tolerance else STATUSES[1]
+        close = abs(float(ours) - float(published)) <= tolerance
+        status = (STATUSES[5] if close else STATUSES[6]) if count else (STATUSES[0] if close else STATUSES[1])
     return {"chapter": chapter, "quantity": quantity, "published": published, "ours": ours if measured else None,
             "tolerance": tolerance if numeric else None, "source": source, "status": status}
 

@@ -7,15 +7,24 @@
   sphinx-thebe's `const THEBE_JS_URL` then throws in the browser. Repeated scripts are dropped.
 - pydata-sphinx-theme reads a `default_mode` that nothing sets, which logs an error in the browser; it is set to
   "auto" (the reader's system preference).
+- Japanese sources are hard-wrapped, and Chromium (Chrome, Edge) draws a line break between two CJK characters as a
+  space; a blank written next to a link or bold text ("{doc}`章 <...>` では") shows the same way. Such breaks and
+  blanks are removed from the text of every page once it is resolved (glued values included).
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+from docutils import nodes
 from sphinx.errors import ExtensionError
 
 BUILD_INFO = "build_info.json"
+# CJK punctuation, kana, ideographs and full-width forms: a line break between two of them is not a space in Japanese
+CJK = "\u3001-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff01-\uffef"
+CJK_GAP = re.compile(f"(?<=[{CJK}])[ \\t\\n]+(?=[{CJK}])")
+VERBATIM = (nodes.literal_block, nodes.literal, nodes.math, nodes.math_block, nodes.raw, nodes.comment)
 
 
 def _substitutions(app, config) -> None:
@@ -41,6 +50,42 @@ def _page_fixes(app, pagename, templatename, context, doctree) -> None:
     context.setdefault("default_mode", "auto")
 
 
+def _verbatim(node, stop) -> bool:
+    while node is not None and node is not stop:
+        if isinstance(node, VERBATIM):
+            return True
+        node = node.parent
+    return False
+
+
+def join_cjk_lines(doctree) -> int:
+    """Remove the line breaks and blanks between two CJK characters from every text node outside code and maths,
+    looking across node borders (a break before a glossary link or a glued value); returns how many gaps."""
+    removed = 0
+    for block in doctree.findall(nodes.TextElement):
+        if isinstance(block, (nodes.Inline, *VERBATIM)):
+            continue  # inline text is joined with its paragraph; verbatim text keeps its breaks
+        texts = list(block.findall(nodes.Text))   # code and maths count as neighbours but keep their text
+        for i, t in enumerate(texts):
+            if not any(ch in t for ch in " \t\n") or _verbatim(t, block):
+                continue
+            # code and maths are neighbours that keep their blank: they count as a Latin letter
+            before = ("x" if _verbatim(texts[i - 1], block) else texts[i - 1][-1:]) if i else ""
+            after = ("x" if _verbatim(texts[i + 1], block) else texts[i + 1][:1]) if i + 1 < len(texts) else ""
+            padded = before + str(t) + after
+            joined, n = CJK_GAP.subn("", padded)
+            if n:
+                removed += n
+                parent = t.parent   # by identity: Text nodes compare equal by content, so replace() may pick another
+                parent[next(k for k, c in enumerate(parent.children) if c is t)] = nodes.Text(
+                    joined[len(before):len(joined) - len(after)])
+    return removed
+
+
+def _join_cjk(app, doctree, docname) -> None:
+    join_cjk_lines(doctree)
+
+
 def _nojekyll(app, exception) -> None:
     if exception is None and app.builder.format == "html":
         (Path(app.outdir) / ".nojekyll").touch()  # GitHub Pages serves _static/ and _images/ as they are
@@ -49,5 +94,6 @@ def _nojekyll(app, exception) -> None:
 def setup(app):
     app.connect("config-inited", _substitutions)
     app.connect("html-page-context", _page_fixes)
+    app.connect("doctree-resolved", _join_cjk)
     app.connect("build-finished", _nojekyll)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -215,6 +215,8 @@ def compute(s: Setup, r: core.Result) -> None:
         r.text("vl_mem_ratio", f"{summary.loc['vl-pet-large', 'memory_mb'] / summary.loc['full', 'memory_mb']:.0%}")
     else:
         r.text("vl_mem_ratio", "(not measured: run the full fine-tuning row)")
+    r.text("vl_full_verdict_en", full_verdict(summary, "en"))
+    r.text("vl_full_verdict_ja", full_verdict(summary, "ja"))
     for key, col in (("vl_gain_adapter", "vs vl-adapter"), ("vl_gain_adapter_qa", "vs vl-adapter (QA average)"),
                      ("vl_gain_lora", "vs lora")):
         r.text(key, f"{diffs[col].mean():+.1f}" if col in diffs else "(not run)")
@@ -262,11 +264,25 @@ def compute(s: Setup, r: core.Result) -> None:
     for m, row in pub.iterrows():
         if lm == "bart-base" or (lm, m) in SAME_SETUP:
             r.record.reproduce(f"{lm} {m}: trainable share (%)", row["trainable %"], source, row["our count (%)"],
-                               tolerance=0.05)
+                               tolerance=0.05, count=True)
         ours_avg = row["reproduced average"] if trained else None
         r.record.reproduce(f"{lm} {m}: average of the 4 tasks", row["average"], source,
                            None if ours_avg is None or pd.isna(ours_avg) else float(ours_avg))
     r.add_table("published", pub)
+
+
+def full_verdict(summary: pd.DataFrame, lang: str) -> str:
+    """Where full fine-tuning stands against the best parameter-efficient row on the average, in words."""
+    others = summary["average"].drop(index=[m for m in ("full", "pretrained, no training") if m in summary.index])
+    if "full" not in summary.index or others.empty:
+        return ("Full fine-tuning was not compared in this run" if lang == "en"
+                else "この実行では全体の微調整と比べていません")
+    gap, best = summary.loc["full", "average"] - others.max(), others.idxmax()
+    if lang == "en":
+        return (f"Full fine-tuning was the best row, {gap:.1f} points above the best parameter-efficient one ({best})"
+                if gap > 0 else f"Full fine-tuning was not the best row: {best} was {-gap:.1f} points above it")
+    return (f"全体の微調整が最良で、パラメータ効率のよい手法で最も高い {best} を {gap:.1f} ポイント上回りました" if gap > 0
+            else f"全体の微調整は最良ではなく、{best} が {-gap:.1f} ポイント上回りました")
 
 
 def show_images(test) -> bool:

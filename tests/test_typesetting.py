@@ -1,0 +1,111 @@
+"""Japanese typesetting and terms: no line break between two CJK characters survives the build, and the Japanese
+text uses the glossary's preferred terms (the glossary's 表記の統一 table is the single source)."""
+import pytest
+from docutils.core import publish_doctree
+
+from clipadapt import book, terms
+from clipadapt.sphinxext import join_cjk_lines
+
+TABLE = """| 使う表記 | 使わない表記 | 英語 |
+|---|---|---|
+| 微調整(ファインチューニング) | — | fine-tuning |
+| 活性値(アクティベーション) | 活性化、活性、中間値 | activations |
+| 重み減衰 | weight decay | weight decay |
+"""
+
+
+def test_line_breaks_and_blanks_between_cjk_characters_are_removed_across_inline_markup_but_not_next_to_code():
+    doc = publish_doctree("実際に動くコードで再現する\nものです。*強調*\nしたまま、``コード\nです`` と。**準備。** 章を\n"
+                          "`最終章 <https://example.org>`_ では見ます。\n\n"
+                          "English line\nwraps here. 日本語と\nEnglish\nが混ざる。")
+    assert join_cjk_lines(doc) == 5
+    text = doc.astext()
+    assert "再現するものです。強調したまま、" in text
+    assert "準備。章を最終章では見ます。" in text, "a blank next to bold text or a link goes too"
+    assert "です と。" in text, "a blank next to code stays"
+    assert "コード\nです" in text, "code keeps its line breaks"
+    assert "English line\nwraps here. 日本語と\nEnglish\nが混ざる。" in text, "a break next to Latin text stays"
+    assert join_cjk_lines(doc) == 0
+    # MyST gives each soft break its own Text node: equal nodes are told apart, and code is a neighbour, not a gap
+    from docutils import nodes
+    para = nodes.paragraph("", "", nodes.Text("データ"), nodes.literal("x", "x"), nodes.Text("\n"),
+                           nodes.Text("を使い、結果を"), nodes.Text("\n"), nodes.Text("作ります。"))
+    assert join_cjk_lines(nodes.section("", para)) == 1
+    assert para.astext() == "データx\nを使い、結果を作ります。", para.astext()
+
+
+def test_the_glossary_table_is_read_with_headwords_aliases_and_variants():
+    rows = terms.read_table(TABLE)
+    assert [r.forms for r in rows] == [("微調整", "ファインチューニング"), ("活性値", "アクティベーション"), ("重み減衰",)]
+    assert rows[1].variants == ("活性化", "活性", "中間値") and rows[0].variants == ()
+    with pytest.raises(ValueError, match="no terms table"):
+        terms.read_table("# Glossary\n")
+    with pytest.raises(ValueError, match="needs 3 cells"):
+        terms.read_table(TABLE + "| 片方だけ |\n")
+
+
+def test_variants_are_found_but_the_preferred_term_and_its_bracketed_english_are_not():
+    rows = terms.read_table(TABLE)
+    ok = "微調整(ファインチューニング)では活性値(アクティベーション)と重み減衰(weight decay)を見ます。活性値が増えます。"
+    assert terms.variant_errors("p", ok, rows) == []
+    errs = terms.variant_errors("p", "微調整では活性化の\nメモリと中間値、weight decay を見ます。", rows)
+    found = sorted(e.split("「")[1].split("」")[0] for e in errs)
+    assert found == sorted(["weight decay", "微調整", "活性化", "中間値"]), errs
+    assert any("never 「ファインチューニング」" in e for e in errs)
+    assert terms.variant_errors("p", "全体の微調整(フルファインチューニング)です。", rows) == [], "the alias in another term"
+    wrapped = terms.variant_errors("p", "微調整(ファインチューニング)で活\n性化を", rows)
+    assert len(wrapped) == 1 and "「活性化」" in wrapped[0], "a variant split by a line wrap is still found"
+
+
+def test_only_the_japanese_tabs_and_heading_halves_are_checked():
+    page = ("# Weight decay / 重み減衰\n\n::::{tab-set}\n:sync-group: lang\n\n:::{tab-item} English\n:sync: en\n\n"
+            "weight decay and activations.\n:::\n\n:::{tab-item} 日本語\n:sync: ja\n\n重み減衰と活性化です。\n:::\n::::\n")
+    ja = terms.japanese_text(page)
+    assert "重み減衰と活性化です。" in ja and "activations" not in ja and ja.startswith("重み減衰")
+    assert [e.split("「")[1].split("」")[0] for e in terms.variant_errors("p", ja, terms.read_table(TABLE))] == ["活性化"]
+
+
+def test_the_book_uses_one_japanese_term_per_concept():
+    errs = terms.term_errors(book.ROOT)
+    assert errs == [], f"{len(errs)} non-preferred terms:\n" + "\n".join(errs[:40])
+
+
+def test_one_chapter_order_everywhere_chapter_numbers_in_titles_and_references_from_every_chapter():
+    import json
+    import re
+
+    import yaml
+    toc = yaml.safe_load((book.ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    chapters = [f for f in files if re.match(r"notebooks/0\d_", f)]
+    assert chapters == sorted(chapters) == [f"notebooks/{nb.stem}" for nb in book.notebooks() if nb.stem[0] == "0"]
+    teaching = next(c for part in toc["parts"] for c in part["chapters"] if c["file"] == "book/teaching/index")
+    assert [s["file"].split("/")[-1] for s in teaching["sections"]] == [f.split("/")[-1] for f in chapters[1:]]
+    index = (book.ROOT / "book" / "teaching" / "index.md").read_text()
+    for tab in index.split(":sync: ")[1:]:
+        listed = re.findall(r"\{doc\}`(0\d)_", tab)
+        assert listed == sorted(listed), f"the teaching index lists the chapters out of order: {listed}"
+    assert "book/references" in files
+    for nb in book.notebooks():
+        if nb.stem[0] != "0":
+            continue
+        cells = json.loads(nb.read_text())["cells"]
+        n = int(nb.stem[:2])
+        title = "".join(cells[0]["source"])
+        assert re.match(rf"# {n}\. .+ / {n}\. ", title), f"{nb.stem}: the title carries no chapter number: {title!r}"
+        text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        if nb.stem != "07_own_images":
+            assert text.count("<../book/references>") >= 2, f"{nb.stem}: no link to the references in both languages"
+
+
+def test_every_chapter_ends_with_self_check_questions_with_hidden_answers_in_both_languages():
+    import json
+    for nb in book.notebooks():
+        if nb.stem[0] != "0":
+            continue
+        cells = ["".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown"]
+        at = [i for i, c in enumerate(cells) if c.startswith("## Check yourself / 理解度チェック")]
+        assert at, f"{nb.stem}: no 'Check yourself' section"
+        text = "\n".join(cells[at[0]:])
+        en, ja = text.split(":sync: ja")[0], text.split(":sync: ja")[1]
+        assert 3 <= en.count("{dropdown} Answer") == ja.count("{dropdown} 解答") <= 6, nb.stem
