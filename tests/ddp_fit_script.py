@@ -59,3 +59,7 @@ if state.is_main_process:
     result.update(processes=state.num_processes,
                   weights=[p.detach().double().sum().item() for p in model.parameters() if p.requires_grad])
     json.dump(result, open(out_path, "w"))
+# tear the process group down before the interpreter exits: a gloo group left to the exit handlers can abort a rank
+# ("terminate called without an active exception", seen once in the corruption-stream test of a full run)
+state.wait_for_everyone()
+state.destroy_process_group()

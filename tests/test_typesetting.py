@@ -109,3 +109,42 @@ def test_every_chapter_ends_with_self_check_questions_with_hidden_answers_in_bot
         text = "\n".join(cells[at[0]:])
         en, ja = text.split(":sync: ja")[0], text.split(":sync: ja")[1]
         assert 3 <= en.count("{dropdown} Answer") == ja.count("{dropdown} 解答") <= 6, nb.stem
+
+
+BOX_EN = ("**Decision box.**", "**Needs:**", "**Cost:**", "**Risk:**", "**Use it when:**", "**Not when:**",
+          "**First pilot:**", "**In a meeting you can say:**", "**Profiles:**")
+BOX_JA = ("**判断のための要点。**", "**必要なもの:**", "**費用:**", "**リスク:**", "**向く場面:**", "**向かない場面:**",
+          "**最初の一歩:**", "**会議で使えるフレーズ:**", "**プロファイル:**")
+
+
+def test_every_method_chapter_has_one_decision_box_with_its_six_labels_in_both_languages():
+    """Chapters 01-06: one box per language, its labels in order, the profile paragraph below it, the cost glued
+    (from the costs page or the run), and PE-CLIP's legal risk in the box."""
+    import json
+    import re
+    for nb in book.notebooks():
+        if not "01" <= nb.stem[:2] <= "06":
+            continue
+        cells = ["".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown"]
+        boxed = [c for c in cells if BOX_EN[0] in c]
+        assert len(boxed) == 1, f"{nb.stem}: {len(boxed)} cells with a decision box"
+        en, ja = boxed[0].split(":sync: ja")
+        for text, labels in ((en, BOX_EN), (ja, BOX_JA)):
+            at = [text.find(label) for label in labels]
+            assert all(a >= 0 for a in at) and at == sorted(at), (nb.stem, dict(zip(labels, at)))
+            assert text.count(labels[0]) == 1 and text.count(labels[-2]) == 1, nb.stem
+            cost = text[text.find(labels[2]):text.find(labels[3])]
+            assert "{glue:text}`" in cost, f"{nb.stem}: the cost is not glued: {cost!r}"
+            assert not re.search(r"数秒|何十時間|a few seconds", text), nb.stem
+        if nb.stem == "01_peclip":
+            risk_en, risk_ja = (t[t.find(lb[3]):t.find(lb[4])] for t, lb in ((en, BOX_EN), (ja, BOX_JA)))
+            assert "AI Act" in risk_en and "個人情報保護法" in risk_ja
+
+
+def test_long_reproduction_notes_are_collapsed_in_both_languages():
+    import json
+    for stem in ("01_peclip", "02_vlpet"):
+        cells = ["".join(c["source"]) for c in json.loads((book.ROOT / "notebooks" / f"{stem}.ipynb").read_text())["cells"]]
+        at = next(i for i, c in enumerate(cells) if c.startswith("## Reproduction notes"))
+        en, ja = cells[at + 1].split(":sync: ja")
+        assert "```{dropdown} Show the notes" in en and "```{dropdown} 注意点を表示する" in ja, stem

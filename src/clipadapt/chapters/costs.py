@@ -67,3 +67,11 @@ def compute(s: Setup, r: core.Result) -> None:
     r.text("pc_spt_hours", spt["gpu_hours"])
     r.text("pc_spt_full_hours", spt_full["gpu_hours"])
     r.text("pc_spt_run", spt["run"])
+    # what each chapter's decision box quotes (glued there from this page): GPU-seconds per 1,000 units where the
+    # paper's whole run has no fixed length, GPU-hours where it has, and the memory of one step at the paper's batch
+    by_chapter = table.groupby("chapter").first()
+    for key, chapter in (("peclip", "PE-CLIP"), ("vlpet", "VL-PET"), ("da", "Contrastive DA")):
+        r.text(f"pc_{key}_s1000", by_chapter.loc[chapter, "gpu_s_per_1000"])
+        r.text(f"pc_{key}_mem", by_chapter.loc[chapter, "memory_gib"])
+    r.text("pc_batclip_c10_hours", bat_c10["gpu_hours"])
+    r.text("pc_spt_mem", spt["memory_gib"])
