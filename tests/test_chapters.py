@@ -13,11 +13,12 @@ from clipadapt.chapters import core
 
 
 def prose_glue(notebook: str) -> set[str]:
-    """The glue names a notebook's prose pastes ({glue:text}`name` and its kin)."""
+    """The glue names a notebook's prose pastes from its own run ({glue:text}`name` and its kin); names pasted from
+    another page (`other.ipynb::name`, the decision boxes' costs) are checked on the built book (test_book)."""
     from clipadapt.book import ROOT
     nb = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())
     text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    return set(re.findall(r"\{glue:[a-z]+\}`([^`:]+)", text))
+    return {m.split(":")[0] for m in re.findall(r"\{glue:[a-z]+\}`([^`]+)`", text) if "::" not in m}
 
 
 @dataclass(frozen=True)
