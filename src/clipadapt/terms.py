@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .book import notebooks
+
 HEADER = ("使う表記", "使わない表記", "英語")
 GLOSSARY = Path("book") / "glossary.md"
 JA = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
@@ -100,7 +102,7 @@ def variant_errors(name: str, text: str, terms: list[Term], gloss: bool = True) 
 def _pages(root: Path) -> list[tuple[str, str]]:
     pages = [(str(p.relative_to(root)), p.read_text()) for p in sorted((root / "book").rglob("*.md"))
              if p.relative_to(root) != GLOSSARY]
-    for nb in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for nb in notebooks(root):
         cells = json.loads(nb.read_text())["cells"]
         pages.append((str(nb.relative_to(root)),
                       "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")))
@@ -109,6 +111,9 @@ def _pages(root: Path) -> list[tuple[str, str]]:
 
 def term_errors(root: Path) -> list[str]:
     """Every non-preferred Japanese term in the book and in the package's Japanese strings."""
+    if not (root / GLOSSARY).exists():
+        raise FileNotFoundError(f"no {GLOSSARY} under {root}: the terms check reads its 表記の統一 table; run it from the "
+                                "repository's folder or set CLIPADAPT_ROOT to it")
     terms = read_table((root / GLOSSARY).read_text())
     errs = []
     for name, text in _pages(root):
