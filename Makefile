@@ -11,7 +11,7 @@ FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export HF_HUB_OFFLINE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: env system browser assets release-assets book test test-fast clean
+.PHONY: env system browser assets release-assets book slides test test-fast clean
 env: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -42,6 +42,11 @@ release-assets: assets
 
 book: assets
 	$(PY) -m clipadapt.book build --profile $(PROFILE)
+
+# the training decks (one per chapter and language, _build/_build/html/slides/) from the notebooks the book ran;
+# `make book` writes them too, this rebuilds them alone
+slides: env
+	$(PY) -m clipadapt.slides
 
 test: assets browser
 	$(PY) -m pytest

@@ -430,8 +430,9 @@ def test_own_images_page_shows_the_run_and_its_report(built_book):
 def test_decision_boxes_paste_their_costs_from_the_costs_page(built_book):
     """The boxes' cost lines are glued across pages from the costs page's run (no typed GPU-hours)."""
     t = chapter_result("costs").texts
-    for page, key, spec in (("01_peclip", "pc_peclip_s1000", ".0f"), ("02_vlpet", "pc_vlpet_s1000", ".0f"),
-                            ("03_contrastive_da", "pc_da_s1000", ".0f"), ("04_batclip", "pc_batclip_c10_hours", ".1f"),
-                            ("05_spt", "pc_spt_hours", ".0f")):
+    for page, key in (("01_peclip", "pc_peclip_s1000"), ("02_vlpet", "pc_vlpet_s1000"),
+                      ("03_contrastive_da", "pc_da_s1000"), ("04_batclip", "pc_batclip_c10_hours"),
+                      ("05_spt", "pc_spt_hours")):
         html = (built_book / "notebooks" / f"{page}.html").read_text()
-        assert format(t[key], spec) in html, (page, key, format(t[key], spec))
+        shown = format(t[key], ".2g")   # two significant digits: a cost never reads "0.0" or "0"
+        assert shown in html and float(shown) > 0, (page, key, shown)

@@ -39,7 +39,7 @@ def find_root() -> Path:
 
 ROOT = find_root()
 SITE = ROOT / "_build" / "site"
-HTML = ROOT / "_build" / "html"
+HTML = ROOT / "_build" / "_build" / "html"   # where jupyter-book writes the site
 STAGED = ("_config.yml", "_toc.yml", "book", "src")
 JA = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
@@ -104,7 +104,7 @@ def build_html(site: Path = SITE) -> Path:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed:\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
-    return ROOT / "_build" / "_build" / "html"
+    return HTML
 
 
 def build(profile: str = "ci", run: bool = True) -> Path:
@@ -119,7 +119,9 @@ def build(profile: str = "ci", run: bool = True) -> Path:
     stage()
     write_build_info(profile)
     html = build_html()
-    print(f"book built: {html / 'index.html'}")
+    from . import slides   # the training decks, linked from the teaching pages
+    decks = slides.build()
+    print(f"book built: {html / 'index.html'} ({len(decks)} slide decks in {html / 'slides'})")
     return html
 
 

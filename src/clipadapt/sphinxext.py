@@ -10,15 +10,24 @@
 - Japanese sources are hard-wrapped, and Chromium (Chrome, Edge) draws a line break between two CJK characters as a
   space; a blank written next to a link or bold text ("{doc}`章 <...>` では") shows the same way. Such breaks and
   blanks are removed from the text of every page once it is resolved (glued values included).
+- `{clipadapt-diagram} name` draws one of `clipadapt.diagrams` at build time and places it as a numbered figure with
+  its bilingual caption (`:name:` sets the label to refer to it).
+- Result tables (pandas HTML in the notebooks' outputs) get a Japanese line under each English column name that
+  `clipadapt.tables` translates.
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from sphinx.errors import ExtensionError
+from sphinx.util.docutils import SphinxDirective
+
+from . import diagrams, tables
 
 BUILD_INFO = "build_info.json"
 # CJK punctuation, kana, ideographs and full-width forms: a line break between two of them is not a space in Japanese
@@ -86,6 +95,32 @@ def _join_cjk(app, doctree, docname) -> None:
     join_cjk_lines(doctree)
 
 
+class Diagram(SphinxDirective):
+    """```{clipadapt-diagram} batclip``` : the drawing as a numbered figure, captioned in both languages."""
+    required_arguments = 1
+    option_spec = {"name": directives.unchanged}
+
+    def run(self):
+        name = self.arguments[0]
+        if name not in diagrams.DIAGRAMS:
+            raise self.error(f"no diagram {name!r}; the diagrams are {', '.join(diagrams.DIAGRAMS)} "
+                             "(clipadapt/diagrams.py)")
+        _, en, ja = diagrams.DIAGRAMS[name]
+        uri = "data:image/png;base64," + base64.b64encode(diagrams.png(name)).decode()
+        figure = nodes.figure("", nodes.image(uri=uri, alt=en), classes=["clipadapt-diagram"])
+        figure += nodes.caption("", f"{en} / {ja}")
+        figure["names"].append(self.options.get("name", f"diagram-{name}"))
+        self.state.document.note_explicit_target(figure)
+        return [figure]
+
+
+def _bilingual_tables(app, doctree, docname) -> None:
+    for raw in doctree.findall(nodes.raw):
+        if "html" in raw.get("format", "") and "<thead" in raw.astext():
+            html = tables.bilingual_headers(raw.astext())
+            raw.children = [nodes.Text(html)]
+
+
 def _nojekyll(app, exception) -> None:
     if exception is None and app.builder.format == "html":
         (Path(app.outdir) / ".nojekyll").touch()  # GitHub Pages serves _static/ and _images/ as they are
@@ -95,5 +130,7 @@ def setup(app):
     app.connect("config-inited", _substitutions)
     app.connect("html-page-context", _page_fixes)
     app.connect("doctree-resolved", _join_cjk)
+    app.connect("doctree-resolved", _bilingual_tables)
+    app.add_directive("clipadapt-diagram", Diagram)
     app.connect("build-finished", _nojekyll)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
