@@ -39,6 +39,21 @@ def test_every_method_diagram_marks_trained_parts_and_clip_has_none():
         diagrams.draw("lora")
 
 
+def test_every_cell_that_draws_has_a_caption_in_both_languages_and_a_name():
+    """Checked on the sources (the built book checks the numbers): a figure cell carries `mystnb.figure`."""
+    drawing = re.compile(r"\bplt\.|image_grid\(|\.plot[.(]|\bsns\.|heatmap\(|subplots\(")
+    names = []
+    for path in book.notebooks():
+        for cell in nbformat.read(path, as_version=4).cells:
+            code = "\n".join(x for x in cell.source.splitlines() if not x.lstrip().startswith(("import", "from", "#")))
+            if cell.cell_type == "code" and drawing.search(code):
+                figure = cell.metadata.get("mystnb", {}).get("figure", {})
+                caption = figure.get("caption", "")
+                assert slides.half(caption, "en") != slides.half(caption, "ja"), (path.name, cell.id, caption)
+                names.append(figure.get("name"))
+    assert len(names) >= 30 and None not in names and len(set(names)) == len(names)
+
+
 def test_each_method_chapter_and_the_intro_place_their_diagram():
     for stem, name in METHOD_DIAGRAMS.items():
         nb = nbformat.read(book.ROOT / "notebooks" / f"{stem}.ipynb", as_version=4)
