@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import nbformat
@@ -143,7 +144,11 @@ def _deck_source(tmp_path: Path) -> tuple[dict, Path]:
 
 def test_a_deck_holds_the_box_the_diagram_the_figures_the_conclusion_and_each_question_with_its_answer(tmp_path):
     nb, site = _deck_source(tmp_path)
-    en, ja = slides.deck(nb, "en", site), slides.deck(nb, "ja", site)
+    teaching = ("# Teaching / 教え方\n\n## Exercises / 演習\n\n### Exercise 1: count / 演習1: 数える\n\n"
+                "::::{tab-set}\n:sync-group: lang\n\n:::{tab-item} English\n:sync: en\n\nCount them:\n\n"
+                "```python\nfor i in range(2):\n    print(i)\n```\n\n````{dropdown} Solution\n```python\nprint(2)\n```\n"
+                "````\n:::\n\n:::{tab-item} 日本語\n:sync: ja\n\n数えてください。\n:::\n::::\n\n## Links / 関連ページ\n")
+    en, ja = slides.deck(nb, "en", site, teaching), slides.deck(nb, "ja", site, teaching)
     text = [c.source for c in en.cells]
     assert text[0] == "# 4. BATCLIP: test time" and ja.cells[0].source == "# 4. BATCLIP: テスト時"
     assert "Accuracy 71.2%." in text[1] and "## Needs\n\nno labels." in text and "<strong>" in text[2]
@@ -157,6 +162,10 @@ def test_a_deck_holds_the_box_the_diagram_the_figures_the_conclusion_and_each_qu
     answers = [c for c in en.cells if c.source.startswith("## Answer")]
     assert len(questions) == 2 and len(answers) == 2 and "a. Only those." in answers[0].source
     assert answers[0].metadata["slideshow"]["slide_type"] == "subslide" and "dropdown" not in questions[0].source
+    assert text[-2] == "## Exercise 1: count\n\nCount them:\n\n```python\nfor i in range(2):\n    print(i)\n```"
+    assert text[-1] == "## Solution\n\n```python\nprint(2)\n```" and en.cells[-1].metadata["slideshow"]["slide_type"] == \
+        "subslide"
+    assert ja.cells[-1].source == "## 演習1: 数える\n\n数えてください。"   # no solution: no slide below
     ja_text = "\n".join(c.source for c in ja.cells)
     assert "精度は 71.2% で、上回りました。" in ja_text   # the wrapped Japanese line is joined
     assert "## 必要なもの\n\nラベルは不要です。" in ja_text and '<p class="caption">伸び</p>' in ja_text
@@ -218,6 +227,10 @@ def test_every_deck_is_built_offline_with_its_figures_and_linked_from_its_teachi
             assert html.count('src="data:image/png;base64,') >= figures, (name, lang)
             assert "{glue" not in html and "{doc}" not in html and "unpkg.com" not in html, (name, lang)
             assert html.count("<section") >= 8, (name, lang)
+            page = (book.ROOT / "book" / "teaching" / f"{name}.md").read_text()
+            titles = re.findall(r"^### (.*)$", re.search(r"\n## Exercises.*?(?=\n## )", page, re.S).group(0), re.M)
+            assert len(titles) >= 3 and all(escape(slides.half(t, lang), quote=False) in html for t in titles), \
+                (name, lang)
             assert f'href="../../slides/{name}.{lang}.html"' in teaching, (name, lang)
             if lang == "ja":   # no blank between two Japanese characters in a paragraph or a list item
                 text = re.sub(r"<(code|pre|script|style)\b.*?</\1>", "x", html, flags=re.S)

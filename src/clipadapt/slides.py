@@ -4,11 +4,11 @@
 
 A deck holds the chapter's title, its three points for decision makers and its decision box (one slide per label),
 the method's diagram (`clipadapt.diagrams`), every captioned figure of the run with its caption, what the chapter
-shows, and the self-check questions, each with its answer on the slide below (the down arrow). Glued values are
-filled in from the run that the book shows, so a deck says what the page says; maths shows as TeX (no MathJax).
-nbconvert's reveal template draws the decks (`templates/clipadapt_slides`); reveal.js comes from the sphinx-revealjs
-package and is copied next to them, so they work offline. The book build writes them to `_build/_build/html/slides/`,
-where the teaching pages link them.
+shows, the self-check questions and the teaching page's exercises, each answer or solution on the slide below (the
+down arrow). Glued values are filled in from the run that the book shows, so a deck says what the page says; maths
+shows as TeX (no MathJax). nbconvert's reveal template draws the decks (`templates/clipadapt_slides`); reveal.js
+comes from the sphinx-revealjs package and is copied next to them, so they work offline. The book build writes them
+to `_build/_build/html/slides/`, where the teaching pages link them.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import base64
 import json
 import re
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import nbformat
 from nbconvert import SlidesExporter
 
 from . import diagrams
-from .book import HTML, SITE
+from .book import HTML, ROOT, SITE
 from .sphinxext import CJK
 
 DECKS = ("01_peclip", "02_vlpet", "03_contrastive_da", "04_batclip", "05_spt", "06_arena", "07_own_images")
@@ -39,9 +40,9 @@ JA = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 LEADS = {"en": ("**For decision makers", "**Decision box", "**In a meeting"),
          "ja": ("**意思決定者向け", "**判断のための要点", "**会議で使えるフレーズ")}
 TITLES = {"en": {"points": "For decision makers", "diagram": "Where it trains", "shows": "What the chapter shows",
-                 "question": "Check yourself", "answer": "Answer"},
+                 "question": "Check yourself", "answer": "Answer", "solution": "Solution"},
           "ja": {"points": "意思決定者向けの要点", "diagram": "どこを学習するか", "shows": "この章で分かったこと",
-                 "question": "理解度チェック", "answer": "答え"}}
+                 "question": "理解度チェック", "answer": "答え", "solution": "解答"}}
 
 
 def glue_values(nb: dict) -> dict[str, Any]:
@@ -126,21 +127,38 @@ def _decision_slides(first: str, lang: str) -> list[nbformat.NotebookNode]:
     return cells
 
 
+def _answer(text: str) -> tuple[str, str | None]:
+    """A text and the dropdown that hides its answer (the text before it, the answer dedented; None: no dropdown)."""
+    m = re.search(r"\n[ \t]*(`{3,})\{dropdown\}[^\n]*\n(.*?)\n[ \t]*\1[ \t]*(?=\n|$)", text, re.S)
+    return (text[:m.start()].strip(), textwrap.dedent(m.group(2)).strip()) if m else (text.strip(), None)
+
+
 def _questions(text: str, lang: str) -> list[nbformat.NotebookNode]:
     """One slide per self-check question, its answer on the slide below."""
     cells = []
     for q in re.split(r"\n(?=\d+\. )", text):
-        m = re.search(r"\n\s*```\{dropdown\}[^\n]*\n(.*?)\n\s*```", q, re.S)
-        question = q[:m.start()] if m else q
-        cells.append(_slide(f"## {TITLES[lang]['question']}\n\n{question.strip()}"))
-        if m:
-            answer = "\n".join(line.strip() for line in m.group(1).splitlines())
+        question, answer = _answer(q)
+        cells.append(_slide(f"## {TITLES[lang]['question']}\n\n{question}"))
+        if answer:
             cells.append(_slide(f"## {TITLES[lang]['answer']}\n\n{answer}", "subslide"))
     return cells
 
 
-def deck(nb: dict, lang: str, site: Path = SITE / "notebooks") -> nbformat.NotebookNode:
-    """The slides of one executed chapter notebook in one language."""
+def exercises(teaching: str, lang: str, site: Path) -> list[nbformat.NotebookNode]:
+    """The exercises of a teaching page: one slide per exercise, its solution on the slide below."""
+    section = re.search(r"\n## Exercises[^\n]*\n(.*?)(?=\n## |\Z)", teaching, re.S)
+    cells = []
+    for part in re.split(r"\n(?=### )", section.group(1) if section else "")[1:]:
+        heading, body = part.split("\n", 1)
+        task, solution = _answer(plain(tab(body, lang) or "", {}, site))
+        cells.append(_slide(f"## {half(heading.lstrip('# ').strip(), lang)}\n\n{task}"))
+        if solution:
+            cells.append(_slide(f"## {TITLES[lang]['solution']}\n\n{solution}", "subslide"))
+    return cells
+
+
+def deck(nb: dict, lang: str, site: Path = SITE / "notebooks", teaching: str = "") -> nbformat.NotebookNode:
+    """The slides of one executed chapter notebook in one language, then the exercises of its teaching page."""
     glue = glue_values(nb)
     cells, section = [], ""
     cells.append(_slide("# " + half("".join(nb["cells"][0]["source"]).lstrip("# ").strip(), lang)))
@@ -174,6 +192,7 @@ def deck(nb: dict, lang: str, site: Path = SITE / "notebooks") -> nbformat.Noteb
                     and "scrapbook" not in o.get("metadata", {})]
             if figure and pngs:
                 cells += _figure(pngs[0], half(figure["caption"], lang))
+    cells += exercises(teaching, lang, site)
     return nbformat.v4.new_notebook(cells=cells, metadata={"title": cells[0].source.lstrip("# "),
                                                            "language_info": {"name": "python"}})
 
@@ -197,7 +216,8 @@ def build(site: Path = SITE / "notebooks", out: Path = HTML / "slides") -> list[
     for name in DECKS:
         nb = json.loads((site / f"{name}.ipynb").read_text())
         for lang in LANGS:
-            body, _ = exporter.from_notebook_node(deck(nb, lang, site), resources={"language_code": lang})
+            teaching = (ROOT / "book" / "teaching" / f"{name}.md").read_text()
+            body, _ = exporter.from_notebook_node(deck(nb, lang, site, teaching), resources={"language_code": lang})
             path = out / f"{name}.{lang}.html"
             tmp = path.with_suffix(".tmp")
             tmp.write_text(body)
