@@ -1,9 +1,13 @@
 """Japanese typesetting and terms: no line break between two CJK characters survives the build, and the Japanese
-text uses the glossary's preferred terms (the glossary's 表記の統一 table is the single source)."""
+text uses the glossary's preferred terms (the glossary's 表記の統一 table is the single source); a rise or fall typed
+between two glued numbers agrees with them."""
+import json
+import re
+
 import pytest
 from docutils.core import publish_doctree
 
-from clipadapt import book, terms
+from clipadapt import book, slides, terms
 from clipadapt.sphinxext import join_cjk_lines
 
 TABLE = """| 使う表記 | 使わない表記 | 英語 |
@@ -169,3 +173,50 @@ def test_batclip_published_table_is_transcribed_consistently():
     for d, gain in (("cifar10-c", 9.7), ("cifar100-c", 5.94), ("imagenet-c", 5.12)):
         best_other = max(t.loc[(d, "TPT"), "mean"], t.loc[(d, "VTE"), "mean"])
         assert t.loc[(d, "BATCLIP"), "mean"] - best_other == pytest.approx(gain, abs=0.01), d
+
+
+# a typed rise or fall between two glued numbers: "raised ... from {glue A} to {glue B}", "{A} から {B} に上がりました"
+GLUE_REF = r"\{glue:text\}`([^`:]+)(?::[^`]*)?`"
+SPAN_EN = re.compile(rf"\bfrom {GLUE_REF}[^{{.;]{{0,30}}?\bto {GLUE_REF}")
+SPAN_JA = re.compile(rf"{GLUE_REF}[^{{。]{{0,6}}から\s*{GLUE_REF}[^{{。]{{0,6}}に(上が|増え|伸び|下が|減)")
+UP_EN, DOWN_EN = re.compile(r"\b(rais|lift|rose|increas|improv|grew)"), re.compile(r"\b(lower|fell|dropp|decreas|reduc)")
+
+
+def direction_errors(text: str, values: dict) -> tuple[list[str], int]:
+    """The typed directions that the glued numbers they join contradict, and how many were checked."""
+    errors, checked = [], 0
+    for m in SPAN_EN.finditer(text):
+        before = re.split(r"[.;]\s", text[:m.start()])[-1]   # the sentence up to "from"
+        up, down = UP_EN.search(before), DOWN_EN.search(before)
+        if up or down:
+            checked += 1
+            a, b = float(values[m.group(1)]), float(values[m.group(2)])
+            if (up and not b > a) or (down and not b < a):
+                errors.append(f"{before.strip()[-60:]} from {m.group(1)}={a} to {m.group(2)}={b}")
+    for m in SPAN_JA.finditer(text):
+        checked += 1
+        a, b = float(values[m.group(1)]), float(values[m.group(2)])
+        if (m.group(3) in ("上が", "増え", "伸び") and not b > a) or (m.group(3) in ("下が", "減") and not b < a):
+            errors.append(f"{m.group(1)}={a} から {m.group(2)}={b} に{m.group(3)}")
+    return errors, checked
+
+
+def test_a_typed_rise_or_fall_between_glued_numbers_is_checked_against_them():
+    text = ("It raised accuracy from {glue:text}`a:.1f`% (no adaptation) to {glue:text}`b:.1f`%. "
+            "The loss fell from {glue:text}`a` to {glue:text}`b`. Runs from {glue:text}`a` to {glue:text}`b` seeds. "
+            "{glue:text}`a:.1f`% から {glue:text}`b:.1f`% に上がりました。")
+    errors, checked = direction_errors(text, {"a": 60.0, "b": 70.0})
+    assert checked == 3 and len(errors) == 1 and "fell" in errors[0]   # the third sentence types no direction
+    errors, _ = direction_errors(text, {"a": 70.0, "b": 60.0})
+    assert len(errors) == 2 and "raised" in errors[0] and "上が" in errors[1]
+
+
+@pytest.mark.slow
+def test_no_typed_rise_or_fall_contradicts_the_glued_numbers_of_the_run(built_book):
+    checked, errors = 0, []
+    for path in book.notebooks():
+        executed = json.loads((book.SITE / "notebooks" / path.name).read_text())
+        text = "\n".join("".join(c["source"]) for c in executed["cells"] if c["cell_type"] == "markdown")
+        found, n = direction_errors(re.sub(r"\s+", " ", text), slides.glue_values(executed))
+        checked, errors = checked + n, errors + [f"{path.stem}: {e}" for e in found]
+    assert checked >= 4 and not errors, (checked, errors)
