@@ -206,9 +206,11 @@ def build(site: Path = SITE / "notebooks", out: Path = HTML / "slides") -> list[
     import sphinx_revealjs
     reveal = Path(sphinx_revealjs.__file__).parent / "_static" / "revealjs"
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(reveal / "dist", out / "reveal.js" / "dist", dirs_exist_ok=True)
-    (out / "reveal.js" / "plugin" / "notes").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(reveal / "plugin" / "notes" / "notes.js", out / "reveal.js" / "plugin" / "notes" / "notes.js")
+    fonts = "dist/theme/fonts/source-sans-pro"   # the white theme's font (woff: what browsers load)
+    for part in ("LICENSE", "dist/reveal.js", "dist/reveal.css", "dist/theme/white.css", "plugin/notes/notes.js",
+                 *(f"{fonts}/{f.name}" for f in (reveal / fonts).iterdir() if f.suffix in (".woff", ".css", ""))):
+        (out / "reveal.js" / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(reveal / part, out / "reveal.js" / part)
     exporter = SlidesExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="clipadapt_slides",
                               reveal_url_prefix="reveal.js", reveal_theme="white", exclude_input=True,
                               exclude_input_prompt=True, exclude_output_prompt=True, exclude_anchor_links=True)
