@@ -2,6 +2,7 @@
 it records is the loss it trains on, and it is the only supervised training loop in the package."""
 import math
 import re
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,79 @@ def test_one_supervised_training_loop_in_the_package():
     assert found <= allowed, f"a training loop outside the engine: {sorted(found - allowed)}"
     steps = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if re.search(r"\bopt\w*\.step\(\)", p.read_text())}
     assert steps <= allowed - {"methods/spt.py"}, sorted(steps)
+
+
+def _clip_peclip():
+    """The tiny CLIP (random weights) with PE-CLIP's adapters and its GRU along the frames."""
+    from clipadapt.methods import peclip
+    from clipadapt.models import TINY_NAME, load_clip
+    torch.manual_seed(0)
+    model = peclip.add_adapters(load_clip(TINY_NAME).model)
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    frames = torch.randn(2, 3, 3, size, size)
+    return model, model.visual.transformer.resblocks[0], lambda m: peclip.encode_video(m, frames).square().sum()
+
+
+def _vit_spt():
+    """A timm ViT with an SPT allocation: sparse deltas and LoRA (dropout 0.1) where the scores put them."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from clipadapt.methods import spt
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3)
+    alloc = spt.allocate(model, spt.random_scores(model, seed=1), budget=900, kind="lora", rank=2)
+    model = spt.apply_allocation(model, alloc, dropout=0.1)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    return model, model.blocks[0], lambda m: nn.functional.cross_entropy(m(x), y)
+
+
+def _vl_pet():
+    """The tiny VL-BART (transformers) with VL-PET's gated modules."""
+    from test_vlpet import small_vl
+
+    from clipadapt.methods import vlpet
+    from clipadapt.models import seq2seq
+    model, split, feats = small_vl()
+    vlpet.apply_method(model, "vl-pet-large")
+    batch = seq2seq.collate(split.examples[:6], feats, model.tokenizer)
+    return model, model.lm.model.encoder.layers[0].self_attn, lambda m: m(batch)   # (transformers recomputes forward)
+
+
+@pytest.mark.parametrize("build", [_clip_peclip, _vit_spt, _vl_pet], ids=["open_clip+PE-CLIP", "timm+SPT", "VL-PET"])
+def test_checkpointing_recomputes_the_blocks_with_the_same_outputs_and_gradients(build):
+    from clipadapt.engine import block_checkpointing
+    model, block, loss = build()
+    model.train()
+    calls = []
+    block.register_forward_pre_hook(lambda *a: calls.append(1))   # (recomputation may stop before the end)
+
+    def run(recompute):
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        torch.manual_seed(0)   # the same dropout draws in both runs
+        with block_checkpointing(model) if recompute else nullcontext():
+            value = loss(model)
+            value.backward()
+        return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, \
+            len(calls)
+
+    plain, ckpt = run(False), run(True)
+    assert plain[2] == 1 and ckpt[2] == 2   # the block ran again in the backward pass
+    assert torch.allclose(plain[0], ckpt[0], rtol=1e-6, atol=1e-7)
+    assert plain[1].keys() == ckpt[1].keys() and len(plain[1]) > 0
+    for name, g in plain[1].items():
+        assert torch.allclose(g, ckpt[1][name], rtol=1e-5, atol=1e-7), name
+    assert run(False)[2] == 1   # the switches are off again
+
+
+def test_a_training_run_with_checkpointing_gives_the_same_losses_and_a_model_without_blocks_is_refused():
+    spec = TrainSpec(epochs=2, batch_size=4, lr=1e-2, warmup=0.0)
+    losses = []
+    for recompute in (False, True):
+        model, _, loss = _vit_spt()
+        result = train(model, spec.replace(checkpointing=recompute), lambda g, s: [0, 1], lambda m, b: loss(m))
+        losses.append(result["losses"])
+        assert not model.grad_checkpointing
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    with pytest.raises(ValueError, match=r"Sequential has no transformer blocks.*TrainSpec\(checkpointing=False\)"):
+        _run(TrainSpec(epochs=1, batch_size=8, checkpointing=True))

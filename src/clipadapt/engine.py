@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
@@ -77,6 +78,7 @@ class TrainSpec:
     eval_last: int = 10               # ... and each of the last n
     mixup: float = 0.0                # classification: probability of timm's Mixup per batch (alpha 0.4); 0: off
     num_workers: int = 0              # DataLoader workers (paper: reading and resizing image files)
+    checkpointing: bool = False       # recompute each transformer block in the backward pass: memory for time
 
     def __post_init__(self):
         checks = [(self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r}: use one of {OPTIMIZERS}"),
@@ -106,6 +108,31 @@ class TrainSpec:
 
     def replace(self, **changes) -> "TrainSpec":
         return TrainSpec(**(asdict(self) | changes))
+
+
+@contextmanager
+def block_checkpointing(model: nn.Module):
+    """Recompute every transformer block's activations in the backward pass instead of keeping them, through each
+    library's own switch, all non-reentrant `torch.utils.checkpoint`: open_clip's `set_grad_checkpointing`, timm's
+    `set_grad_checkpointing` and transformers' `activation_checkpointing_enable`. The modules a method added inside the
+    blocks (adapters, LoRA, sparse deltas, prompt hooks) are recomputed with them, dropout with the same random draws,
+    so outputs and gradients are those of the run without it. The switches are turned off again on exit."""
+    undo = []
+    for m in model.modules():
+        if getattr(m, "supports_gradient_checkpointing", False) and hasattr(m, "activation_checkpointing_enable"):
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            undo.append(m.activation_checkpointing_disable)
+        elif callable(getattr(m, "set_grad_checkpointing", None)):
+            m.set_grad_checkpointing(True)
+            undo.append(lambda m=m: m.set_grad_checkpointing(False))
+    if not undo:
+        raise ValueError(f"checkpointing: {type(model).__name__} has no transformer blocks that open_clip, timm or "
+                         "transformers can checkpoint; train it with TrainSpec(checkpointing=False)")
+    try:
+        yield model
+    finally:
+        for off in undo:
+            off()
 
 
 def warmup_ticks(share: float, length: float) -> int:
@@ -213,42 +240,43 @@ def train(model: nn.Module, spec: TrainSpec, data: Callable[[torch.Generator, tu
     trainable = [p for p in model.parameters() if p.requires_grad]   # model order: the clipped norm's sum order
     history, losses, steps, t_train = [], [], 0, 0.0
     bar = progress(total=n_batches, desc=desc, disable=not show_progress, leave=False)
-    for epoch in range(epochs):
-        if sched is not None and spec.tick == "epoch":
-            sched.step(epoch)
-        batches = first if epoch == 0 else data(gen, shard)
-        model.train()
-        t0, epoch_losses = time.perf_counter(), []
-        for batch in batches:
-            if lr_at is not None:
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(steps)
-            with acc.accumulate(train_model), acc.autocast():
-                out = loss(train_model, batch)
-                value, parts = out if isinstance(out, tuple) else (out, {})
-                acc.backward(value)
-                if acc.sync_gradients and spec.clip_grad:
-                    acc.clip_grad_norm_(trainable, spec.clip_grad)
-                opt.step()     # with accumulation, accelerate steps and clears only on the last batch of a group
-                if acc.sync_gradients and sched is not None and spec.tick == "step":
-                    sched.step() if spec.schedule == "linear" else sched.step_update(steps + 1)
-                opt.zero_grad(set_to_none=True)
-            v = float(acc.reduce(value.detach(), "mean")) if wrap else float(value.detach())
-            if not math.isfinite(v):
-                raise FloatingPointError(f"{desc}: the loss became {v} at epoch {epoch + 1}, step {steps + 1}; "
-                                         "lower the learning rate or train in fp32")
-            epoch_losses.append(v)
-            steps += 1
-            if on_step is not None:
-                on_step(Step(model, epoch, steps, v, parts))
-            bar.update()
-            bar.set_postfix(loss=f"{v:.3f}", refresh=False)
-        t_train += time.perf_counter() - t0
-        losses += epoch_losses
-        row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-        history.append(row)
+    with block_checkpointing(model) if spec.checkpointing else nullcontext():
+        for epoch in range(epochs):
+            if sched is not None and spec.tick == "epoch":
+                sched.step(epoch)
+            batches = first if epoch == 0 else data(gen, shard)
+            model.train()
+            t0, epoch_losses = time.perf_counter(), []
+            for batch in batches:
+                if lr_at is not None:
+                    for g in opt.param_groups:
+                        g["lr"] = lr_at(steps)
+                with acc.accumulate(train_model), acc.autocast():
+                    out = loss(train_model, batch)
+                    value, parts = out if isinstance(out, tuple) else (out, {})
+                    acc.backward(value)
+                    if acc.sync_gradients and spec.clip_grad:
+                        acc.clip_grad_norm_(trainable, spec.clip_grad)
+                    opt.step()     # with accumulation, accelerate steps and clears only on the last batch of a group
+                    if acc.sync_gradients and sched is not None and spec.tick == "step":
+                        sched.step() if spec.schedule == "linear" else sched.step_update(steps + 1)
+                    opt.zero_grad(set_to_none=True)
+                v = float(acc.reduce(value.detach(), "mean")) if wrap else float(value.detach())
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"{desc}: the loss became {v} at epoch {epoch + 1}, step {steps + 1}; "
+                                             "lower the learning rate or train in fp32")
+                epoch_losses.append(v)
+                steps += 1
+                if on_step is not None:
+                    on_step(Step(model, epoch, steps, v, parts))
+                bar.update()
+                bar.set_postfix(loss=f"{v:.3f}", refresh=False)
+            t_train += time.perf_counter() - t0
+            losses += epoch_losses
+            row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan")}
+            if on_epoch is not None:
+                on_epoch(epoch, row)
+            history.append(row)
     bar.close()
     return {"history": history, "losses": losses, "steps": steps, "s_per_step": t_train / max(steps, 1),
             "s_per_epoch": t_train / epochs,
