@@ -46,7 +46,7 @@ book: assets
 # the training decks (one per chapter and language, _build/_build/html/slides/) from the notebooks the book ran;
 # `make book` writes them too, this rebuilds them alone
 slides: env
-	$(PY) -m clipadapt.slides
+	$(PY) -m clipadapt.book slides
 
 test: assets browser
 	$(PY) -m pytest

@@ -178,7 +178,7 @@ def test_a_deck_says_which_glued_value_is_missing_and_make_slides_says_to_build_
     with pytest.raises(KeyError, match="glued value 'acc'.*rebuild the book"):
         slides.deck(nb, "en", site)
     with pytest.raises(FileNotFoundError, match="no executed notebook for 01_peclip.*make book"):
-        slides.build(tmp_path / "empty", tmp_path / "out")
+        slides.build(tmp_path / "empty", tmp_path / "out", tmp_path)
 
 
 @pytest.mark.slow

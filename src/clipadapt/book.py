@@ -119,10 +119,15 @@ def build(profile: str = "ci", run: bool = True) -> Path:
     stage()
     write_build_info(profile)
     html = build_html()
-    from . import slides   # the training decks, linked from the teaching pages
-    decks = slides.build()
+    decks = build_slides()   # the training decks, linked from the teaching pages
     print(f"book built: {html / 'index.html'} ({len(decks)} slide decks in {html / 'slides'})")
     return html
+
+
+def build_slides() -> list[Path]:
+    """The training decks from the executed notebooks and the teaching pages, into the site's slides/ folder."""
+    from . import slides   # nbconvert: only where the book is built
+    return slides.build(SITE / "notebooks", HTML / "slides", ROOT / "book" / "teaching")
 
 
 # ---------------------------------------------------------------- Colab
@@ -290,12 +295,15 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--profile", default="ci")
     sub.add_parser("check", help="check that every page and section has English and Japanese, and that the Japanese "
                                  "uses the glossary's preferred terms")
+    sub.add_parser("slides", help="rebuild the training decks from the notebooks the last book build ran")
     sub.add_parser("colab", help="write the Colab button and install cell (release tag from _config.yml) into every notebook")
     a = ap.parse_args(argv)
     if a.cmd == "build":
         build(a.profile, run=not a.no_run)
     elif a.cmd == "run":
         run_notebook(Path(a.notebook), a.profile)
+    elif a.cmd == "slides":
+        print("\n".join(f"wrote {p}" for p in build_slides()))
     elif a.cmd == "colab":
         print("\n".join(f"updated {p.name}" for p in sync_colab()) or "every notebook is up to date")
     else:

@@ -1,6 +1,6 @@
 """Slides for training sessions: one reveal.js deck per chapter and language, from the executed chapter notebooks.
 
-    python -m clipadapt.slides        # what `make slides` runs once the book is built (`make book`)
+    python -m clipadapt.book slides   # what `make slides` runs once the book is built (`make book`)
 
 A deck holds the chapter's title, its three points for decision makers and its decision box (one slide per label),
 the method's diagram (`clipadapt.diagrams`), every captioned figure of the run with its caption, what the chapter
@@ -12,7 +12,6 @@ to `_build/_build/html/slides/`, where the teaching pages link them.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import base64
 import json
@@ -26,7 +25,6 @@ import nbformat
 from nbconvert import SlidesExporter
 
 from . import diagrams
-from .book import HTML, ROOT, SITE
 from .sphinxext import CJK
 
 DECKS = ("01_peclip", "02_vlpet", "03_contrastive_da", "04_batclip", "05_spt", "06_arena", "07_own_images")
@@ -157,7 +155,7 @@ def exercises(teaching: str, lang: str, site: Path) -> list[nbformat.NotebookNod
     return cells
 
 
-def deck(nb: dict, lang: str, site: Path = SITE / "notebooks", teaching: str = "") -> nbformat.NotebookNode:
+def deck(nb: dict, lang: str, site: Path, teaching: str = "") -> nbformat.NotebookNode:
     """The slides of one executed chapter notebook in one language, then the exercises of its teaching page."""
     glue = glue_values(nb)
     cells, section = [], ""
@@ -197,8 +195,9 @@ def deck(nb: dict, lang: str, site: Path = SITE / "notebooks", teaching: str = "
                                                            "language_info": {"name": "python"}})
 
 
-def build(site: Path = SITE / "notebooks", out: Path = HTML / "slides") -> list[Path]:
-    """Write every deck (`<chapter>.<lang>.html`) and the reveal.js they load into `out`; returns the decks."""
+def build(site: Path, out: Path, teaching: Path) -> list[Path]:
+    """Write every deck (`<chapter>.<lang>.html`) from the executed notebooks in `site` and the teaching pages in
+    `teaching`, and the reveal.js they load, into `out`; returns the decks."""
     missing = [name for name in DECKS if not (site / f"{name}.ipynb").exists()]
     if missing:
         raise FileNotFoundError(f"no executed notebook for {', '.join(missing)} in {site}: build the book first "
@@ -218,25 +217,11 @@ def build(site: Path = SITE / "notebooks", out: Path = HTML / "slides") -> list[
     for name in DECKS:
         nb = json.loads((site / f"{name}.ipynb").read_text())
         for lang in LANGS:
-            teaching = (ROOT / "book" / "teaching" / f"{name}.md").read_text()
-            body, _ = exporter.from_notebook_node(deck(nb, lang, site, teaching), resources={"language_code": lang})
+            page = (teaching / f"{name}.md").read_text()
+            body, _ = exporter.from_notebook_node(deck(nb, lang, site, page), resources={"language_code": lang})
             path = out / f"{name}.{lang}.html"
             tmp = path.with_suffix(".tmp")
             tmp.write_text(body)
             tmp.replace(path)
             written.append(path)
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m clipadapt.slides", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--site", type=Path, default=SITE / "notebooks", help="the executed notebooks")
-    ap.add_argument("--out", type=Path, default=HTML / "slides")
-    a = ap.parse_args(argv)
-    for path in build(a.site, a.out):
-        print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
