@@ -30,6 +30,33 @@ def test_the_line_through_small_batches_gives_the_cost_of_a_larger_one():
     assert line["gflop"] == pytest.approx(direct["gflop"], rel=1e-3)
     assert line["activations_mb"] == pytest.approx(direct["activations_mb"], rel=0.02)
     assert line["weights_mb"] == direct["weights_mb"] and line["trainable"] == 192 * 5 + 5
+    # a linear probe sends no gradient through the blocks: checkpointing them has nothing to save
+    assert line["checkpointed_activations_mb"] == pytest.approx(line["activations_mb"], rel=1e-6)
+
+
+def test_checkpointing_is_costed_on_the_same_line_with_its_extra_forward_pass():
+    setup = _small_vit_setup()
+    model = setup.build().requires_grad_(True)   # full fine-tuning: every block keeps activations
+    line = costs.at_paper_size(setup, model)
+    direct = costs.step_cost(model, setup.loss(model, {"images": 6}))
+    assert line["checkpointed_activations_mb"] == pytest.approx(direct["checkpointed_activations_mb"], rel=0.02)
+    assert line["checkpointed_activations_mb"] < 0.35 * line["activations_mb"]
+    assert 1.2 < line["checkpointed_gflop"] / line["gflop"] < 1.4   # one more forward pass: about a third more
+
+
+def test_dropout_is_measured_with_the_one_byte_mask_a_gpu_keeps():
+    x = torch.randn(64, 32, requires_grad=True)
+    drop = nn.Dropout(0.1)
+    from clipadapt.bench import training_memory
+    cpu = training_memory(drop, lambda: drop(x).sum())["activations_mb"] * 2**20
+    with costs.gpu_dropout():
+        gpu = training_memory(drop, lambda: drop(x).sum())["activations_mb"] * 2**20
+        torch.manual_seed(0)
+        y = drop(x)
+    assert cpu == x.numel() * 4 and gpu == x.numel()
+    torch.testing.assert_close(y[y != 0] / x[y != 0], torch.full_like(x[y != 0], 1 / 0.9))   # the same scaling
+    assert 0.8 < (y != 0).float().mean() < 0.97
+    assert training_memory(drop, lambda: drop(x).sum())["activations_mb"] * 2**20 == cpu   # restored on exit
 
 
 def test_training_memory_counts_gradients_and_both_adam_moments_of_what_trains_only():

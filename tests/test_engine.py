@@ -212,3 +212,40 @@ def test_a_training_run_with_checkpointing_gives_the_same_losses_and_a_model_wit
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     with pytest.raises(ValueError, match=r"Sequential has no transformer blocks.*TrainSpec\(checkpointing=False\)"):
         _run(TrainSpec(epochs=1, batch_size=8, checkpointing=True))
+
+
+@pytest.mark.parametrize("build, count", [(_clip_peclip, None), (_vit_spt, 2), (_vl_pet, None)],
+                         ids=["open_clip+PE-CLIP", "timm+SPT", "VL-PET"])
+def test_the_blocks_checkpointing_recomputes_are_found_in_every_family(build, count):
+    from clipadapt.engine import checkpointed_blocks
+    model, block, _ = build()
+    blocks = checkpointed_blocks(model)
+    assert len({id(b) for b in blocks}) == len(blocks) >= 2
+    assert count is None or len(blocks) == count
+    assert any(block is b or any(block is m for m in b.modules()) for b in blocks)
+    assert checkpointed_blocks(nn.Sequential(nn.Linear(2, 2))) == []
+
+
+def test_checkpointed_memory_is_what_stays_outside_the_blocks_their_inputs_and_one_block():
+    """The estimate from one plain pass against what autograd saves when checkpointing really runs: the tensors
+    outside the blocks plus every block's input (torch's checkpoint saves the inputs itself); the estimate adds one
+    block's own tensors, which exist again while that block is recomputed."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from clipadapt.bench import training_memory
+    from clipadapt.engine import block_checkpointing, checkpointed_blocks
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=3)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    loss = lambda m: nn.functional.cross_entropy(m(x), y)   # noqa: E731  (full fine-tuning: identical blocks)
+    blocks = checkpointed_blocks(model)
+    plain = training_memory(model, lambda: loss(model), blocks)
+    with block_checkpointing(model):
+        kept = training_memory(model, lambda: loss(model))["activations_mb"]
+    tokens, width = (16 // 8) ** 2 + 1, 32
+    one_input = 4 * tokens * width * 4 / 2**20    # a block's input: 4 images, fp32
+    outside = kept - len(blocks) * one_input
+    one_block = (plain["activations_mb"] - outside) / len(blocks)   # identical blocks, each saves its input too
+    assert 0 < outside < kept < plain["activations_mb"]
+    assert plain["checkpointed_activations_mb"] == pytest.approx(kept + one_block - one_input, rel=1e-6)
+    assert plain["checkpointed_total_mb"] < plain["total_mb"]

@@ -269,3 +269,31 @@ def test_a_streams_short_tail_is_predicted_without_adapting_and_bad_streams_are_
 def test_test_time_methods_refuse_bad_classes_and_settings(clip, names, kw, message):
     with pytest.raises(ValueError, match=message):
         build_method("batclip", clip.model, clip.tokenizer, names, **kw)
+
+
+def test_class_prompts_are_encoded_over_their_own_length_with_the_features_and_gradients_of_the_full_context(clip):
+    from clipadapt.methods.tta import encode_prompts
+    model = clip.model
+    tokens = clip.tokenizer([f"a photo of a {c}." for c in CLASSES + ["very long winding class name"]])
+    assert int(tokens.argmax(-1).max()) + 1 < tokens.shape[1] // 2   # most of the context is padding
+    grads = []
+    for encode in (model.encode_text, lambda t: encode_prompts(model, t)):
+        model.zero_grad(set_to_none=True)
+        feats = encode(tokens)
+        (feats * torch.linspace(-1, 1, feats.shape[-1])).sum().backward()
+        grads.append((feats.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                       if p.grad is not None and "ln" in n}))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    assert grads[0][1].keys() == grads[1][1].keys() and grads[0][1]
+    for name, g in grads[0][1].items():
+        assert (grads[1][1][name] - g).abs().max() <= 1e-4 * g.abs().max(), name   # float rounding only
+
+
+def test_the_tta_step_benchmark_times_batclip_against_zero_shot_and_refuses_what_it_cannot_run():
+    from clipadapt.arena import tta_step
+    r = tta_step(TINY_NAME, batch=4, classes=12, repeats=1)
+    assert r["ratio"] == pytest.approx(r["batclip_s"] / r["zero_shot_s"]) and r["classes"] == 12
+    with pytest.raises(ValueError, match="at least 2 images"):
+        tta_step(TINY_NAME, batch=1)
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        tta_step(TINY_NAME, repeats=0)

@@ -13,6 +13,7 @@ bf16 peak. On a GPU (`device="cuda"`) every setup is also timed at its paper bat
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,8 +24,10 @@ from .bench import count_parameters, time_per_step, training_memory
 from .data.clips import EXPRESSIONS
 from .data.corruptions import CORRUPTIONS
 from .data.registry import get_spec
+from .engine import block_checkpointing, checkpointed_blocks
 from .methods import build_method, peclip, spt, vlpet
 from .methods.batclip import PAPER_SETUPS
+from .methods.tta import TTAConfig
 from .models.loader import load_clip
 from .models.seq2seq import VLModel, paper_lm_config
 from .utils import progress
@@ -54,41 +57,76 @@ class StepSetup:
     train: bool = True       # False: inference only (forward operations, weights in memory)
 
 
+@contextmanager
+def gpu_dropout():
+    """Dropout as a GPU keeps it for the backward pass. On a GPU torch's dropout keeps a one-byte mask (its fused
+    `native_dropout` kernel); on a CPU it keeps a float mask, four times larger. The page measures on the CPU what a
+    GPU holds, so within this context training-mode dropout runs the GPU's kernel (same rate, same scaling)."""
+    functional, original = torch.nn.functional, torch.nn.functional.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if not training or p == 0:
+            return input
+        return torch.native_dropout(input, p, True)[0]
+    functional.dropout = dropout
+    try:
+        yield
+    finally:
+        functional.dropout = original
+
+
 def step_cost(model: nn.Module, loss_fn: Callable[[], torch.Tensor], train: bool = True) -> dict[str, float]:
-    """Operations (GFLOP) of one step (forward + backward when `train`) and its memory (MiB, see bench)."""
+    """Operations (GFLOP) of one step (forward + backward when `train`) and its memory (MiB, see bench), with and
+    without activation checkpointing (`checkpointed_*`; checkpointing adds one forward pass of the blocks, counted
+    as the step's forward operations, an upper bound that includes the layers outside the blocks)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
+    forward = {}
+    with FlopCounterMode(display=False) as fc, gpu_dropout():
         if train:
-            mem = training_memory(model, loss_fn)
+            def loss_and_count():
+                value = loss_fn()
+                forward["gflop"] = fc.get_total_flops() / 1e9
+                return value
+            mem = training_memory(model, loss_and_count, checkpointed_blocks(model))
         else:
             with torch.no_grad():
                 loss_fn()
             weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
             mem = {"weights_mb": weights, "grads_and_adam_mb": 0.0, "activations_mb": 0.0, "total_mb": weights}
-    return {"gflop": fc.get_total_flops() / 1e9, **mem, "trainable": count_parameters(model).trainable,
-            "total": count_parameters(model).total}
+    out = {"gflop": fc.get_total_flops() / 1e9, **mem, "trainable": count_parameters(model).trainable,
+           "total": count_parameters(model).total}
+    if "checkpointed_activations_mb" in mem:
+        out["checkpointed_gflop"] = out["gflop"] + forward["gflop"]
+    return out
+
+
+LINEAR = ("gflop", "activations_mb", "checkpointed_gflop", "checkpointed_activations_mb")
 
 
 def at_paper_size(setup: StepSetup, model: nn.Module | None = None) -> dict[str, float]:
     """One step's cost at the paper's sizes, from measurements at small sizes: the smallest point, then each
-    variable doubled on its own. Operations and saved activations are linear in the batch size and in the number
-    of class prompts (a test checks the line against a direct measurement at a third size)."""
+    variable doubled on its own. Operations and saved activations (with and without checkpointing) are linear in the
+    batch size and in the number of class prompts (a test checks the line against a direct measurement at a third
+    size)."""
     model = model if model is not None else setup.build()
     base = {k: setup.small.get(k, 1) for k in setup.paper}
     c0 = step_cost(model, setup.loss(model, base), setup.train)
     out = dict(c0)
     for k in setup.paper:
         c1 = step_cost(model, setup.loss(model, {**base, k: 2 * base[k]}), setup.train)
-        for key in ("gflop", "activations_mb"):
+        for key in (key for key in LINEAR if key in c0):
             slope = (c1[key] - c0[key]) / base[k]
             out[key] += slope * (setup.paper[k] - base[k])
     out["total_mb"] = out["weights_mb"] + out["grads_and_adam_mb"] + out["activations_mb"]
+    if "checkpointed_activations_mb" in out:
+        out["checkpointed_total_mb"] = out["weights_mb"] + out["grads_and_adam_mb"] + out["checkpointed_activations_mb"]
     return out
 
 
-def time_step(setup: StepSetup, model: nn.Module, device: str, repeats: int = 3) -> float:
-    """Median seconds of one real step at the paper sizes on `device` (bf16 autocast and AdamW on a GPU)."""
+def time_step(setup: StepSetup, model: nn.Module, device: str, repeats: int = 3, checkpointing: bool = False) -> float:
+    """Median seconds of one real step at the paper sizes on `device` (bf16 autocast and AdamW on a GPU), with the
+    blocks' activations recomputed when `checkpointing`."""
     model = model.to(device)
     loss_fn = setup.loss(model, setup.paper)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -103,15 +141,17 @@ def time_step(setup: StepSetup, model: nn.Module, device: str, repeats: int = 3)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return time_per_step(step, warmup=1, repeats=repeats, device=device)["s_per_step"]
+    with block_checkpointing(model) if checkpointing else nullcontext():
+        return time_per_step(step, warmup=1, repeats=repeats, device=device)["s_per_step"]
 
 
 def paper_costs(setups: list[StepSetup], utilisation: float = 0.4, gpu: str = "A100", device: str = "cpu",
                 show_progress: bool = True):
     """A table of every setup at its paper sizes: trainable parameters, memory (GiB: weights, gradients + Adam,
-    activations), operations per step, the estimated GPU-seconds per 1,000 units and GPU-hours of the whole run
-    (`whole_run`; else of 1,000 units) on `gpu` at `utilisation` of its peak; on a GPU `device` also the measured
-    seconds per step and the GPU-hours they give."""
+    activations; `ckpt_*`: with activation checkpointing, and the extra operations it costs), operations per step,
+    the estimated GPU-seconds per 1,000 units and GPU-hours of the whole run (`whole_run`; else of 1,000 units) on
+    `gpu` at `utilisation` of its peak; on a GPU `device` also the measured seconds per step (with and without
+    checkpointing) and the GPU-hours they give."""
     import pandas as pd
 
     if gpu not in GPU_PEAK_TFLOPS:
@@ -132,10 +172,15 @@ def paper_costs(setups: list[StepSetup], utilisation: float = 0.4, gpu: str = "A
                "unit": s.unit, "gpu_s_per_1000": c["gflop"] * 1e9 * 1000 / s.batch / rate,
                "steps": steps, "whole_run": s.steps is not None,
                "run": s.run if s.steps is not None else f"per 1,000 {s.unit}",
-               "gpu_hours": c["gflop"] * 1e9 * steps / rate / 3600}
+               "gpu_hours": c["gflop"] * 1e9 * steps / rate / 3600,
+               "ckpt_memory_gib": c.get("checkpointed_total_mb", math.nan) / 1024,
+               "ckpt_activations_gib": c.get("checkpointed_activations_mb", math.nan) / 1024,
+               "ckpt_extra_ops_pct": 100 * (c.get("checkpointed_gflop", math.nan) / c["gflop"] - 1)}
         if torch.device(device).type == "cuda":
             row["measured_s_per_step"] = time_step(s, model, device)
             row["measured_gpu_hours"] = row["measured_s_per_step"] * steps / 3600
+            if s.train:
+                row["measured_ckpt_s_per_step"] = time_step(s, model, device, checkpointing=True)
         rows.append(row)
         del model
     return pd.DataFrame(rows)
@@ -155,17 +200,20 @@ def _ce(model, x, k):
     return lambda: nn.functional.cross_entropy(model(x), torch.arange(len(x)) % k)
 
 
-def peclip_setup(batch_clips: int = 4, frames: int = 16) -> StepSetup:
+def peclip_setup(batch_clips: int = 4, frames: int = 16, full: bool = False) -> StepSetup:
     """PE-CLIP on DFEW: ViT-B/16 with ShA, TDA and prompts (depth 9, 2 vectors), AU texts; clips of 16 frames,
-    batch 4 clips (the official defaults). The variable is the frames in the batch (clips x frames)."""
+    batch 4 clips (the official defaults). The variable is the frames in the batch (clips x frames). `full`: the
+    same model with every weight trained (full fine-tuning of the backbone, for comparison)."""
 
     def build():
         clip = _clip()
-        return peclip.build_variant("PE-CLIP", clip.model, clip.tokenizer, EXPRESSIONS, n_ctx=2, depth=9)[1]
+        model = peclip.build_variant("PE-CLIP", clip.model, clip.tokenizer, EXPRESSIONS, n_ctx=2, depth=9)[1]
+        return model.requires_grad_(True) if full else model
 
     def loss(model, n):
         return _ce(model, torch.randn(n["frames"] // 2, 2, 3, 224, 224), len(EXPRESSIONS))
-    return StepSetup("PE-CLIP", "PE-CLIP (ShA + TDA + prompts)", "CLIP ViT-B/16", "clips", batch_clips,
+    label = "full fine-tuning" if full else "PE-CLIP (ShA + TDA + prompts)"
+    return StepSetup("PE-CLIP", label, "CLIP ViT-B/16", "clips", batch_clips,
                      {"frames": batch_clips * frames}, build, loss, small={"frames": 2})
 
 
@@ -232,6 +280,15 @@ def batclip_setup(dataset: str = "imagenet-c") -> StepSetup:
                      run=f"15 streams x {spec.per_severity:,} images ({n_images:,})")
 
 
+def prompt_positions(dataset: str, model: str = "ViT-B-16") -> int:
+    """Token positions the text tower computes for `dataset`'s class prompts at every BATCLIP step: up to the longest
+    prompt's end token (`methods.tta.encode_prompts`), of the tokenizer's context of 77."""
+    import open_clip
+
+    tokens = open_clip.get_tokenizer(model)([TTAConfig().template.format(c) for c in get_spec(dataset).classes])
+    return int(tokens.argmax(dim=-1).max()) + 1
+
+
 def spt_setup(method: str = "spt-lora", budget: int = 800_000, tasks: int = 19, epochs: int = 100,
               candidates: int = 4) -> StepSetup:
     """SPT on VTAB-1k: timm ViT-B/16 at batch 64 with the method applied (SPT-LoRA at the largest swept budget);
@@ -257,5 +314,5 @@ def spt_setup(method: str = "spt-lora", budget: int = 800_000, tasks: int = 19, 
 
 def chapter_setups() -> list[StepSetup]:
     """Every chapter's paper step, with a full fine-tuning row where the chapter compares against it."""
-    return [peclip_setup(), vlpet_setup("vl-pet-large"), vlpet_setup("full"), embedding_setup(),
+    return [peclip_setup(), peclip_setup(full=True), vlpet_setup("vl-pet-large"), vlpet_setup("full"), embedding_setup(),
             batclip_setup("cifar10-c"), batclip_setup("imagenet-c"), spt_setup("spt-lora"), spt_setup("full-finetune")]

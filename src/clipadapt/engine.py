@@ -135,6 +135,23 @@ def block_checkpointing(model: nn.Module):
             off()
 
 
+def checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules `block_checkpointing` recomputes, one checkpoint each: the blocks of timm's ViT, the residual
+    blocks of open_clip's transformers and transformers' encoder and decoder layers (empty when there are none)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:   # an older transformers: its layers are found by the switch below or not at all
+        GradientCheckpointingLayer = ()
+    found: dict[int, nn.Module] = {}
+    for m in model.modules():
+        if GradientCheckpointingLayer and isinstance(m, GradientCheckpointingLayer):
+            found[id(m)] = m
+        elif hasattr(m, "grad_checkpointing"):   # timm's ViT and open_clip's Transformer hold the flag
+            seq = getattr(m, "blocks", None) or getattr(m, "resblocks", None)
+            found |= {id(b): b for b in (seq if isinstance(seq, (nn.Sequential, nn.ModuleList)) else ())}
+    return list(found.values())
+
+
 def warmup_ticks(share: float, length: float) -> int:
     """Ticks of warm-up: `share` of `length`, whole ticks (a product within 1e-6 of a whole number counts as it)."""
     w = share * length

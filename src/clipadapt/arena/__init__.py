@@ -18,15 +18,17 @@ two towers with the text head.
 Also here: face clips as a task (the CLIP-text models take clips whole; image classifiers average their frames'
 features, `FramePooled`); the robustness track (`robustness`: Tent or BATCLIP on top of every adapted model on
 corrupted streams, through one test-time view of both backbones, `feature_view` and `OnTop`); and the benchmark of
-the papers' efficiency ratios (`benchmark`, `python -m clipadapt.arena bench`).
+the papers' efficiency ratios (`benchmark`, `python -m clipadapt.arena bench`; BATCLIP's step on a paper
+architecture: `tta_step`, `python -m clipadapt.arena tta-step`).
 """
 from __future__ import annotations
 
-from .bench import RATIO_NEEDS, benchmark, main
+from .bench import RATIO_NEEDS, benchmark, main, tta_step
 from .core import (ARENA, FULL, TEMPLATE, ArenaConfig, ArenaMethod, Built, Context, FramePooled, ImagesAsClips,
                    build, few_shot, frames_of, get_method, pick, run, step_memory_mb, summary)
 from .robustness import TEST_TIME, OnTop, RobustnessConfig, feature_view, robustness
 
 __all__ = ["ARENA", "FULL", "RATIO_NEEDS", "TEMPLATE", "TEST_TIME", "ArenaConfig", "ArenaMethod", "Built", "Context",
            "FramePooled", "ImagesAsClips", "OnTop", "RobustnessConfig", "benchmark", "build", "feature_view",
-           "few_shot", "frames_of", "get_method", "main", "pick", "robustness", "run", "step_memory_mb", "summary"]
+           "few_shot", "frames_of", "get_method", "main", "pick", "robustness", "run", "step_memory_mb", "summary",
+           "tta_step"]

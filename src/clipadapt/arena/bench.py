@@ -1,14 +1,18 @@
 """The arena's benchmark: the ratios the papers' efficiency claims rest on, measured in one run
-(`python -m clipadapt.arena bench`)."""
+(`python -m clipadapt.arena bench`), and BATCLIP's step against zero-shot inference on a paper architecture
+(`python -m clipadapt.arena tta-step`)."""
 from __future__ import annotations
+
+import torch
 
 from ..bench import count_parameters, time_per_step
 from ..data import vtab
+from ..data.registry import get_spec
 from ..engine import TrainSpec
 from ..finetune import fit_classifier
 from ..methods import build_method
 from ..methods import spt as spt_mod
-from ..models.loader import load_backbone
+from ..models.loader import load_backbone, load_clip
 from ..profiles import activate, get_profile
 from ..utils import progress, seed_everything
 from .core import ARENA, FULL, ArenaConfig, Context, _dataset, _vit, build, get_method, step_memory_mb
@@ -31,7 +35,8 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
     - SPT's sensitivity pass (16 batches of 32, as the official default) against one epoch of fine-tuning on the
       task's 1,000 training images (train800 + val200, batch 64, as SPT trains);
     - every method's memory of one training step against full fine-tuning of the same backbone (the image tower
-      with a linear head, or CLIP's two towers with the text head), and its trainable parameters against its total.
+      with a linear head, or CLIP's two towers with the text head), also with activation checkpointing against full
+      fine-tuning without it, and its trainable parameters against its total.
     Every timing is the median of `repeats` after one warm-up; the raw values are returned too.
     """
     if repeats < 1:
@@ -80,7 +85,7 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
     rows.append({"ratio": "SPT sensitivity pass s / one training epoch s", "value": sens / epoch,
                  "detail": f"16 batches of 32: {sens:.2f} s; an epoch of {len(trainval)} images: {epoch:.2f} s"})
     # memory and parameters of every method
-    mem, params = {}, {}
+    mem, ckpt, params = {}, {}, {}
     for m in progress(methods, desc="arena methods", disable=not show_progress):
         seed_everything(seed)
         built = build(get_method(m), Context(load_backbone(profile), tuple(t.classes), trainval, cfg))
@@ -90,8 +95,12 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
             r = built.fit(trainval, test, seed)
             params[m] = type(params[m])(r["trainable"], params[m].total + r["trainable"])
             mem[m] = r["train_mb"]
+        elif params[m].trainable:
+            mem[m] = step_memory_mb(built.model, trainval, cfg.fit.batch_size)
+            ckpt[m] = step_memory_mb(built.model, trainval, cfg.fit.batch_size, checkpointing=True)
+            raw[f"{m}: training memory with checkpointing MiB"] = ckpt[m]
         else:
-            mem[m] = step_memory_mb(built.model, trainval, cfg.fit.batch_size) if params[m].trainable else 0.0
+            mem[m] = 0.0
         raw[f"{m}: training memory MiB"] = mem[m]
     for m in methods:
         ref = FULL[ARENA[m].backbone]
@@ -99,9 +108,41 @@ def benchmark(methods=None, profile: str = "ci", task: str = "digits", repeats: 
             rows.append({"ratio": f"training memory / {ref}: {m}", "value": mem[m] / mem[ref],
                          "detail": f"{mem[m]:.1f} MiB vs {mem[ref]:.1f} MiB"})
     for m in methods:
+        ref = FULL[ARENA[m].backbone]
+        if m in ckpt and m != ref:
+            rows.append({"ratio": f"training memory with checkpointing / {ref} without: {m}",
+                         "value": ckpt[m] / mem[ref], "detail": f"{ckpt[m]:.1f} MiB vs {mem[ref]:.1f} MiB"})
+    for m in methods:
         rows.append({"ratio": f"trainable / total parameters: {m}", "value": params[m].fraction,
                      "detail": f"{params[m].trainable:,} of {params[m].total:,}"})
     return {"ratios": rows, "raw": raw, "profile": profile, "task": task, "repeats": repeats}
+
+
+def tta_step(model: str = "ViT-B-16", batch: int = 16, classes: int = 10, repeats: int = 5, seed: int = 0) -> dict:
+    """BATCLIP's adaptation step (predict, then one step on the LayerNorms of both towers) against zero-shot
+    inference of the same batch, on the open_clip architecture `model` with random weights (the time of a step does
+    not depend on the weights), fp32 on the CPU with this process's threads; `classes` prompts from CIFAR-10-C's
+    class names (repeated when more are asked). Medians of `repeats` after a warm-up, measured in this one run."""
+    if batch < 2:
+        raise ValueError(f"BATCLIP adapts on batches of at least 2 images, got batch={batch}")
+    if classes < 1 or repeats < 1:
+        raise ValueError(f"classes and repeats must be at least 1, got classes={classes}, repeats={repeats}")
+    names = get_spec("cifar10-c").classes
+    names = [names[i % len(names)] + ("" if i < len(names) else f" {i // len(names)}") for i in range(classes)]
+    seed_everything(seed)
+    x = torch.randn(batch, 3, *_image_size(load_clip(model).model))
+    built = {}
+    for name, kw in (("source", {}), ("batclip", {"lr": 1e-4})):
+        clip = load_clip(model)
+        built[name] = build_method(name, clip.model, clip.tokenizer, names, **kw)
+    zs = time_per_step(lambda: built["source"](x), warmup=1, repeats=repeats)["s_per_step"]
+    bc = time_per_step(lambda: built["batclip"](x), warmup=1, repeats=repeats)["s_per_step"]
+    return {"model": model, "batch": batch, "classes": classes, "zero_shot_s": zs, "batclip_s": bc, "ratio": bc / zs}
+
+
+def _image_size(model) -> tuple[int, int]:
+    size = model.visual.image_size
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
 
 def main(argv=None) -> int:
@@ -120,7 +161,20 @@ def main(argv=None) -> int:
     b.add_argument("--task", default="digits")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--out", default="results/arena-bench.json", help="where the raw timings and ratios are saved")
+    t = sub.add_parser("tta-step", help="BATCLIP's step against zero-shot inference on a paper architecture")
+    t.add_argument("--model", default="ViT-B-16", help="open_clip architecture (random weights)")
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--classes", type=int, default=10)
+    t.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
+    if a.cmd == "tta-step":
+        try:
+            r = tta_step(a.model, a.batch, a.classes, a.repeats)
+        except ValueError as e:
+            p.exit(2, f"error: {e}\n")
+        print(f"{r['model']}, batch {r['batch']}, {r['classes']} prompts, fp32: zero-shot {r['zero_shot_s']:.3f} s, "
+              f"BATCLIP step {r['batclip_s']:.3f} s, ratio {r['ratio']:.2f}")
+        return 0
     activate(a.profile)
     try:
         res = benchmark(a.methods, a.profile, a.task, a.repeats)

@@ -14,7 +14,7 @@ from torch import nn
 from ..bench import count_parameters, training_memory
 from ..checkpoints import JobStore, load_weights
 from ..data.vtab import CLASSNAMES_KEY, has_class_names
-from ..engine import TrainSpec
+from ..engine import TrainSpec, checkpointed_blocks
 from ..finetune import ImageSet, batches, fit_classifier, labels_of, predict
 from ..methods import build_method, method_class
 from ..methods import contrastive_da as da
@@ -234,11 +234,14 @@ def few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:shots] for c in np.unique(labels)]))
 
 
-def step_memory_mb(model: nn.Module, data, batch_size: int) -> float:
-    """The memory one training step holds at `batch_size` (weights, gradients and Adam, saved activations)."""
+def step_memory_mb(model: nn.Module, data, batch_size: int, checkpointing: bool = False) -> float:
+    """The memory one training step holds at `batch_size` (weights, gradients and Adam, saved activations); with
+    `checkpointing`, what it holds when the transformer blocks are recomputed (`bench.training_memory`)."""
     dev = next(model.parameters()).device
     x, y = (t.to(dev) for t in next(iter(batches(data, batch_size))))
-    return training_memory(model, lambda: nn.functional.cross_entropy(model(x), y))["total_mb"]
+    blocks = checkpointed_blocks(model) if checkpointing else []
+    mem = training_memory(model, lambda: nn.functional.cross_entropy(model(x), y), blocks)
+    return mem["checkpointed_total_mb"] if blocks else mem["total_mb"]
 
 
 def run(methods, tasks, seeds=(0, 1, 2), cfg: ArenaConfig | None = None, profile: str = "ci",

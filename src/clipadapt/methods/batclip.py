@@ -5,7 +5,9 @@ arXiv 2412.02837 (v1: "Enhancing Robustness of CLIP to Common Corruptions throug
 Official code: github.com/sarthaxxxxx/BATCLIP (`classification/methods/ours.py`, `classification/utils/losses.py`).
 
 Trainable: weight and bias of every LayerNorm in both encoders (ViT-B/16: 65,536 parameters, 0.044%). The text
-encoder is re-run on every batch. Loss = entropy - L_pm - L_sp (weights 1), one step per batch, predict then adapt.
+encoder is re-run on every batch, over the class prompts' own positions only (`tta.encode_prompts`: the same features
+as over the 77-token context that the official code runs). Loss = entropy - L_pm - L_sp (weights 1), one step per
+batch, predict then adapt.
 """
 from __future__ import annotations
 

@@ -22,9 +22,10 @@ Choices of this implementation (the chapter states them too):
   code; dropout 0.1). The official branch also has DropPath 0.1, which is left out here.
 - The adapter (SPT-Adapter and the adapter baseline) is sequential on the Linear's output,
   y + up(GELU(down(dropout(y)))), with a zero-initialised up-projection, as the official `*SPTSeq` blocks.
-- Sparse deltas are torch parametrizations, W + scatter(delta): only the delta is a parameter, so weight decay and
-  the optimizer state touch the chosen entries only. peft's SHiRA was considered for this part but requires exactly
-  r(m + n) entries per matrix, while SPT's per-matrix counts are arbitrary.
+- Sparse deltas are `clipadapt.methods.sparse.SparseLinear` layers: only the delta at the chosen positions is a
+  parameter, so weight decay and the optimizer state touch the chosen entries only, and an autograd Function computes
+  the layer without keeping the summed matrix W + scatter(delta) for the backward pass. peft's SHiRA was considered for
+  this part but requires exactly r(m + n) entries per matrix, while SPT's per-matrix counts are arbitrary.
 - A Linear's bias below the 1/beta threshold trains exactly its sensitive entries (a sparse delta), as the official
   code's sparse-gradient Linear does; LayerNorm vectors below it are not trained (nor in the official code) and,
   unlike the official count, not counted: the budget counts what is trained.
@@ -39,10 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..finetune import batches, check_targets
 from .base import Method, option
+from .sparse import add_sparse
 from .registry import build_method, method_class, register
 
 NOT_RANKED = ("head", "cls_token", "patch_embed", "pos_embed")
@@ -216,18 +217,6 @@ def _always_trained(model: nn.Module) -> int:
 
 # ---- 3. the modules
 
-class SparseDelta(nn.Module):
-    """Parametrization W -> W + scatter(delta) at fixed flat indices; `delta` starts at zero."""
-
-    def __init__(self, index: torch.Tensor):
-        super().__init__()
-        self.register_buffer("index", index.long())
-        self.delta = nn.Parameter(torch.zeros(len(index)))
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w.flatten().index_add(0, self.index, self.delta.to(w.dtype)).view_as(w)
-
-
 class SeqAdapter(nn.Module):
     """A Linear followed by a sequential bottleneck adapter on its output: y + up(GELU(down(dropout(y))))."""
 
@@ -282,7 +271,7 @@ def apply_allocation(model: nn.Module, alloc: Allocation, dropout: float = 0.1) 
     for p in vectors:
         p.requires_grad_(True)
     for module, attr, idx in sparse:
-        parametrize.register_parametrization(module, attr, SparseDelta(idx))
+        add_sparse(module, attr, idx)
     model.get_submodule("head").requires_grad_(True)
     if getattr(model, "cls_token", None) is not None:
         model.cls_token.requires_grad_(True)

@@ -55,6 +55,30 @@ def layer_norms(module: nn.Module) -> list[nn.LayerNorm]:
     return [m for m in module.modules() if isinstance(m, nn.LayerNorm)]
 
 
+def encode_prompts(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)`, computed over the positions up to the longest prompt's end token only.
+
+    open_clip's CLIP reads each prompt's feature at its end-of-text token (argmax pooling) under a causal mask, so no
+    later position can change it, and a class prompt of a few words fills 10 to 20 of the 77 positions: the text
+    tower's work, forward and backward, shrinks in proportion. Any other text model or pooling gets `encode_text` as
+    it is. The features equal `encode_text`'s to float rounding (a test)."""
+    import open_clip
+
+    if type(model) is not open_clip.CLIP or model.text_pool_type != "argmax" or model.attn_mask is None:
+        return model.encode_text(tokens)
+    n = int(tokens.argmax(dim=-1).max()) + 1
+    if n >= tokens.shape[1]:
+        return model.encode_text(tokens)
+    tokens = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
+    if isinstance(model.text_projection, nn.Linear):
+        return model.text_projection(x)
+    return x if model.text_projection is None else x @ model.text_projection
+
+
 class TTAMethod(nn.Module):
     """Base of the test-time methods: wrap a CLIP and a class list; each call on a batch predicts, then adapts."""
     config_class = TTAConfig
@@ -109,7 +133,7 @@ class TTAMethod(nn.Module):
         return torch.autocast(device.type, dtype=torch.bfloat16) if self.cfg.precision == "bf16" else nullcontext()
 
     def _text_features(self) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokens), dim=-1)
+        return F.normalize(encode_prompts(self.model, self.tokens), dim=-1)
 
     def check_input(self, images: torch.Tensor) -> None:
         """Images as the model takes them: float n x 3 x size x size, from the backbone's preprocess."""
