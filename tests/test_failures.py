@@ -228,10 +228,10 @@ def test_K4d_K5_embeddings_are_keyed_by_the_weights_and_broken_ones_are_refused(
 # ---- installs anywhere
 
 def test_the_book_finds_its_folder_after_a_plain_install(tmp_path, monkeypatch):
-    from clipadapt import book
+    from clipadapt import book, layout
     (tmp_path / "repo" / "notebooks").mkdir(parents=True)
     (tmp_path / "repo" / "_toc.yml").write_text("root: book/intro\n")
-    monkeypatch.setattr(book, "__file__", str(tmp_path / "site-packages" / "clipadapt" / "book.py"))
+    monkeypatch.setattr(layout, "__file__", str(tmp_path / "site-packages" / "clipadapt" / "layout.py"))
     monkeypatch.chdir(tmp_path / "repo" / "notebooks")
     assert book.find_root() == tmp_path / "repo"
     monkeypatch.setenv("CLIPADAPT_ROOT", str(tmp_path / "elsewhere"))

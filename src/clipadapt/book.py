@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,34 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from .layout import ROOT, find_root, notebooks  # noqa: F401  (book.ROOT, book.notebooks() stay the book's names)
 
-def find_root() -> Path:
-    """The book's repository folder: $CLIPADAPT_ROOT; else the checkout of an editable install; else the current
-    folder or the nearest parent holding `_toc.yml` and `notebooks/` (a plain `pip install` puts the package in
-    site-packages, away from the notebooks); else the package's grandparent (and `notebooks()` says what to do)."""
-    if os.environ.get("CLIPADAPT_ROOT"):
-        return Path(os.environ["CLIPADAPT_ROOT"]).expanduser().resolve()
-    here = Path(__file__).resolve().parents[2]
-    if (here / "_toc.yml").exists():
-        return here
-    for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p / "_toc.yml").exists() and (p / "notebooks").is_dir():
-            return p
-    return here
-
-
-ROOT = find_root()
 SITE = ROOT / "_build" / "site"
 HTML = ROOT / "_build" / "_build" / "html"   # where jupyter-book writes the site
 STAGED = ("_config.yml", "_toc.yml", "book", "src")
 JA = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
-
-
-def notebooks(root: Path = ROOT) -> list[Path]:
-    if not (root / "notebooks").is_dir():
-        raise FileNotFoundError(f"no notebooks/ folder under {root}: run from the repository's folder (git clone it) "
-                                "or set CLIPADAPT_ROOT to it")
-    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def run_notebook(nb: Path, profile: str = "ci", out_dir: Path = SITE / "notebooks", timeout: int | None = None,

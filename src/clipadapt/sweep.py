@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
 
-from .book import ROOT
+from .layout import ROOT
 from .profiles import get_profile
 from .utils import atomic_write, progress, read_json
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .book import notebooks
+from .layout import notebooks
 
 HEADER = ("使う表記", "使わない表記", "英語")
 GLOSSARY = Path("book") / "glossary.md"

@@ -14,7 +14,7 @@ from ..methods import build_method
 from ..methods import spt as spt_mod
 from ..models.loader import load_backbone, load_clip
 from ..profiles import activate, get_profile
-from ..utils import progress, seed_everything
+from ..utils import atomic_write, progress, seed_everything
 from .core import ARENA, FULL, ArenaConfig, Context, _dataset, _vit, build, get_method, step_memory_mb
 
 RATIO_NEEDS = {   # ratio -> arena methods it needs (test-time methods come from clipadapt.methods' registry)
@@ -130,19 +130,14 @@ def tta_step(model: str = "ViT-B-16", batch: int = 16, classes: int = 10, repeat
     names = get_spec("cifar10-c").classes
     names = [names[i % len(names)] + ("" if i < len(names) else f" {i // len(names)}") for i in range(classes)]
     seed_everything(seed)
-    x = torch.randn(batch, 3, *_image_size(load_clip(model).model))
-    built = {}
+    built, x = {}, None
     for name, kw in (("source", {}), ("batclip", {"lr": 1e-4})):
         clip = load_clip(model)
         built[name] = build_method(name, clip.model, clip.tokenizer, names, **kw)
+        x = torch.randn(batch, 3, clip.image_size, clip.image_size) if x is None else x
     zs = time_per_step(lambda: built["source"](x), warmup=1, repeats=repeats)["s_per_step"]
     bc = time_per_step(lambda: built["batclip"](x), warmup=1, repeats=repeats)["s_per_step"]
     return {"model": model, "batch": batch, "classes": classes, "zero_shot_s": zs, "batclip_s": bc, "ratio": bc / zs}
-
-
-def _image_size(model) -> tuple[int, int]:
-    size = model.visual.image_size
-    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
 
 def main(argv=None) -> int:
@@ -181,8 +176,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.exit(2, f"error: {e}\n")
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
         print(pd.DataFrame(res["ratios"]).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"raw timings: {out}")

@@ -19,7 +19,7 @@ import math
 import re
 from pathlib import Path
 
-from ..book import ROOT as BOOK_ROOT
+from ..layout import ROOT as BOOK_ROOT
 from ..utils import atomic_write
 from . import CHAPTERS, get
 from .core import Result
