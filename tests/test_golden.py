@@ -1,6 +1,7 @@
 """Golden records: every chapter's ci numbers match tests/golden within the stated tolerance, and the comparison
 reports what moved (a number, a claim's outcome, a metric that appeared or went)."""
 import copy
+import json
 
 import pytest
 
@@ -57,7 +58,6 @@ def test_chapter_numbers_match_their_golden_record(ci_chapters, name):
 
 
 def test_a_rewritten_record_keeps_the_tolerance_its_chapter_states(tmp_path):
-    import json
     path = golden.write(_result(), tmp_path)
     record = json.loads(path.read_text())
     record["tolerance"] = {**record["tolerance"], "abs": 3.0, "why": "chaotic training"}
@@ -76,3 +76,15 @@ def test_a_seed_near_the_claims_line_may_cross_it_within_the_tolerance(tmp_path)
     assert golden.differences(crossed, tmp_path) == []
     crossed.claim("a_beats_b", "a beats b", "a が b を上回る", [10.0, -1.0])
     assert golden.differences(crossed, tmp_path) == ["claim 'a_beats_b': per seed [10.0, -1.0], golden [10.0, 0.4]"]
+
+
+def test_records_keep_the_tiny_models_sha256_and_a_change_is_named_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(golden, "assets", lambda: {"tiny-clip": "a" * 64, "tiny-vl-bart": "b" * 64})
+    path = golden.write(_result(), tmp_path)
+    assert json.loads(path.read_text())["assets"] == {"tiny-clip": "a" * 64, "tiny-vl-bart": "b" * 64}
+    assert golden.differences(_result(), tmp_path) == []
+    monkeypatch.setattr(golden, "assets", lambda: {"tiny-clip": "c" * 64, "tiny-vl-bart": "b" * 64})
+    diff = golden.differences(_result(**{"acc[a]": 75.0}), tmp_path)
+    assert diff[0].startswith("the tiny models differ from those the record was written with (tiny-clip cccccccccccc "
+                              "here, aaaaaaaaaaaa in the record)") and "golden --write" in diff[0]
+    assert diff[1:] == ["metric 'acc[a]': 75, golden 70 (moved +5)"]   # the numbers are still compared

@@ -103,3 +103,15 @@ def test_a_second_request_for_the_same_tensor_is_refused():
     add_sparse(lin, "weight", torch.tensor([1]))
     with pytest.raises(ValueError, match="one call"):
         add_sparse(lin, "weight", torch.tensor([2]))
+
+
+def test_only_the_input_columns_the_entries_read_are_kept():
+    tokens, d_in, d_out = 6, 64, 32
+    lin = nn.Linear(d_in, d_out).requires_grad_(False)
+    cols = torch.tensor([3, 17, 40])
+    idx = (torch.arange(d_out)[:, None] * d_in + cols).flatten()   # every row, three columns
+    add_sparse(lin, "weight", idx)
+    x = torch.randn(tokens, d_in, requires_grad=True)
+    kept = training_memory(lin, lambda: lin(x).sum())["activations_mb"] * 2**20
+    assert kept == tokens * len(cols) * 4
+    assert lin.state_dict().keys() == {"weight", "bias", "weight_index", "weight_delta"}   # the columns are derived

@@ -11,6 +11,10 @@ floats in another order from run to run) states a wider tolerance in its record,
 Metrics that measure the machine (times, memory) are not kept. When a change is meant to move the numbers, write the
 records again with `clipadapt golden --write` and say in the commit which numbers moved and by how much
 (`clipadapt golden` prints it).
+
+Every number trained on `ci` grows from the tiny models, so a record also keeps their sha256: when the models here
+differ from those the record was written with (pretrained on another machine, or by changed pretraining code), the
+comparison says so first, since then every number moves with them.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import re
 from pathlib import Path
 
 from ..layout import ROOT as BOOK_ROOT
+from ..models.pretrain import digest_path, tiny_checkpoint_path
+from ..models.seq2seq import LM_DIGEST, tiny_lm_dir
 from ..utils import atomic_write
 from . import CHAPTERS, get
 from .core import Result
@@ -30,9 +36,27 @@ MACHINE = re.compile(r"minutes|seconds|s_per|_mb\b|memory|wall|gib|_s\b|time|per
 ROOT = BOOK_ROOT / "tests" / "golden"
 
 
+def assets() -> dict[str, str]:
+    """The sha256 of the tiny models in the cache (as recorded when they were built; those not built are left out)."""
+    found = {"tiny-clip": digest_path(tiny_checkpoint_path()), "tiny-vl-bart": tiny_lm_dir() / LM_DIGEST}
+    return {name: path.read_text().strip() for name, path in found.items() if path.exists()}
+
+
+def _asset_lines(recorded: dict[str, str]) -> list[str]:
+    here = assets()
+    moved = [f"{name} {here[name][:12]} here, {sha[:12]} in the record" for name, sha in recorded.items()
+             if name in here and here[name] != sha]
+    if not moved:
+        return []
+    return [f"the tiny models differ from those the record was written with ({'; '.join(moved)}): they were "
+            "pretrained on another machine or by changed code, and every number trained on them moves. If their "
+            "pretraining code did not change, write the records again where CI runs (`clipadapt golden --write`)"]
+
+
 def record_of(result: Result) -> dict:
-    """The golden record of a chapter run: its metrics (without the machine's) and claims."""
+    """The golden record of a chapter run: its metrics (without the machine's), claims and the tiny models' sha256."""
     return {"chapter": result.record.notebook, "profile": result.record.profile, "tolerance": TOLERANCE,
+            "assets": assets(),
             "metrics": {k: v for k, v in sorted(result.metrics.items()) if not MACHINE.search(k)},
             "claims": {k: {"per_seed": c.per_seed, "outcome": c.outcome, "threshold": c.threshold}
                        for k, c in sorted(result.claims.items())}}
@@ -66,7 +90,8 @@ def differences(result: Result, root: Path | None = None) -> list[str]:
         return [f"no golden record at {path}: write it with `clipadapt golden --write`"]
     gold, new = json.loads(path.read_text()), record_of(result)
     tol = gold.get("tolerance", TOLERANCE)
-    out = [f"metric {k!r} is new (not in the golden record)" for k in sorted(set(new["metrics"]) - set(gold["metrics"]))]
+    out = _asset_lines(gold.get("assets", {}))
+    out += [f"metric {k!r} is new (not in the golden record)" for k in sorted(set(new["metrics"]) - set(gold["metrics"]))]
     out += [f"metric {k!r} is gone (in the golden record)" for k in sorted(set(gold["metrics"]) - set(new["metrics"]))]
     out += [f"metric {k!r}: {new['metrics'][k]:.4g}, golden {v:.4g} (moved {new['metrics'][k] - v:+.3g})"
             for k, v in gold["metrics"].items() if k in new["metrics"] and not _close(new["metrics"][k], v, tol, k)]
