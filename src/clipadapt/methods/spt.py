@@ -19,12 +19,14 @@ Choices of this implementation (the chapter states them too):
   and v into three matrices. Here the unit is the Linear module (qkv, proj, fc1, fc2), so a structured module on
   `qkv` covers q, k and v together (LoRA cost in*r + r*3*out).
 - Structured LoRA uses peft (`inject_adapter_in_model`, `lora_alpha = r`, i.e. no extra scaling, as the official
-  code; dropout 0.1). The official branch also has DropPath 0.1, which is left out here.
+  code; dropout 0.1, drawn again in the backward pass instead of keeping its mask: `methods.dropout`). The official
+  branch also has DropPath 0.1, which is left out here.
 - The adapter (SPT-Adapter and the adapter baseline) is sequential on the Linear's output,
   y + up(GELU(down(dropout(y)))), with a zero-initialised up-projection, as the official `*SPTSeq` blocks.
 - Sparse deltas are `clipadapt.methods.sparse.SparseLinear` layers: only the delta at the chosen positions is a
   parameter, so weight decay and the optimizer state touch the chosen entries only, and an autograd Function computes
-  the layer without keeping the summed matrix W + scatter(delta) for the backward pass. peft's SHiRA was considered for
+  the layer without keeping the summed matrix W + scatter(delta), and only the input columns the entries read, for
+  the backward pass. peft's SHiRA was considered for
   this part but requires exactly r(m + n) entries per matrix, while SPT's per-matrix counts are arbitrary.
 - A Linear's bias below the 1/beta threshold trains exactly its sensitive entries (a sparse delta), as the official
   code's sparse-gradient Linear does; LayerNorm vectors below it are not trained (nor in the official code) and,
@@ -43,6 +45,7 @@ from torch import nn
 
 from ..finetune import batches, check_targets
 from .base import Method, option
+from .dropout import mask_free_dropout
 from .sparse import add_sparse
 from .registry import build_method, method_class, register
 
@@ -268,6 +271,8 @@ def apply_allocation(model: nn.Module, alloc: Allocation, dropout: float = 0.1) 
     sparse = [(model.get_submodule(n.rsplit(".", 1)[0]), n.rsplit(".", 1)[1], idx) for n, idx in alloc.sparse.items()]
     model.requires_grad_(False)
     add_structured(model, alloc.structured, alloc.kind, alloc.rank, dropout)
+    for name in alloc.structured:   # the dropout in front of each LoRA / adapter keeps no mask (same draws)
+        mask_free_dropout(model.get_submodule(name))
     for p in vectors:
         p.requires_grad_(True)
     for module, attr, idx in sparse:
