@@ -4,6 +4,7 @@ import copy
 import json
 
 import pytest
+import torch
 
 from clipadapt import chapters
 from clipadapt.chapters import golden
@@ -78,13 +79,29 @@ def test_a_seed_near_the_claims_line_may_cross_it_within_the_tolerance(tmp_path)
     assert golden.differences(crossed, tmp_path) == ["claim 'a_beats_b': per seed [10.0, -1.0], golden [10.0, 0.4]"]
 
 
-def test_records_keep_the_tiny_models_sha256_and_a_change_is_named_first(tmp_path, monkeypatch):
+def test_records_keep_the_tiny_models_digest_and_a_change_is_named_when_numbers_moved(tmp_path, monkeypatch):
     monkeypatch.setattr(golden, "assets", lambda: {"tiny-clip": "a" * 64, "tiny-vl-bart": "b" * 64})
     path = golden.write(_result(), tmp_path)
     assert json.loads(path.read_text())["assets"] == {"tiny-clip": "a" * 64, "tiny-vl-bart": "b" * 64}
     assert golden.differences(_result(), tmp_path) == []
     monkeypatch.setattr(golden, "assets", lambda: {"tiny-clip": "c" * 64, "tiny-vl-bart": "b" * 64})
+    assert golden.differences(_result(), tmp_path) == []   # other models, the same numbers: nothing to report
     diff = golden.differences(_result(**{"acc[a]": 75.0}), tmp_path)
     assert diff[0].startswith("the tiny models differ from those the record was written with (tiny-clip cccccccccccc "
                               "here, aaaaaaaaaaaa in the record)") and "golden --write" in diff[0]
-    assert diff[1:] == ["metric 'acc[a]': 75, golden 70 (moved +5)"]   # the numbers are still compared
+    assert diff[1:] == ["metric 'acc[a]': 75, golden 70 (moved +5)"]
+
+
+def test_the_models_digest_reads_tensors_not_file_bytes(tmp_path):
+    state = {"w": torch.arange(6.0).view(2, 3), "b": torch.zeros(2, dtype=torch.bfloat16)}
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, items in ((one, state), (two, dict(reversed(state.items())))):   # other bytes, the same tensors
+        folder.mkdir()
+        torch.save(items, folder / "m.pt")
+        (folder / "c.json").write_text("{}")
+    assert (one / "m.pt").read_bytes() != (two / "m.pt").read_bytes()
+    both = golden.content_digest([one / "m.pt", one / "c.json"], one)
+    assert both == golden.content_digest([two / "m.pt", two / "c.json"], two)
+    assert golden.content_digest([one / "m.pt"]) != both   # which files are in it counts
+    torch.save({**state, "w": state["w"] + 1e-6}, two / "m.pt")
+    assert golden.content_digest([two / "m.pt", two / "c.json"], two) != both

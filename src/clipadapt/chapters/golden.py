@@ -12,19 +12,24 @@ Metrics that measure the machine (times, memory) are not kept. When a change is 
 records again with `clipadapt golden --write` and say in the commit which numbers moved and by how much
 (`clipadapt golden` prints it).
 
-Every number trained on `ci` grows from the tiny models, so a record also keeps their sha256: when the models here
-differ from those the record was written with (pretrained on another machine, or by changed pretraining code), the
-comparison says so first, since then every number moves with them.
+Every number trained on `ci` grows from the tiny models, so a record also keeps a sha256 of their contents (tensors
+by name, dtype, shape and bytes: torch's checkpoint files differ in bytes between two saves of equal tensors; the
+build history, which holds times, is left out). When numbers moved and the models here differ from those the record
+was written with (pretrained on another machine, or by changed pretraining code), the comparison says so first.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import re
 from pathlib import Path
 
+import torch
+
 from ..layout import ROOT as BOOK_ROOT
-from ..models.pretrain import digest_path, tiny_checkpoint_path
+from ..models.pretrain import tiny_checkpoint_path
 from ..models.seq2seq import LM_DIGEST, tiny_lm_dir
 from ..utils import atomic_write
 from . import CHAPTERS, get
@@ -36,10 +41,41 @@ MACHINE = re.compile(r"minutes|seconds|s_per|_mb\b|memory|wall|gib|_s\b|time|per
 ROOT = BOOK_ROOT / "tests" / "golden"
 
 
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            _feed(h, obj[k])
+    else:
+        h.update(repr(obj).encode())
+
+
+def content_digest(paths: list[Path], root: Path | None = None) -> str:
+    """One sha256 over files' contents: a torch file's loaded tensors, any other file's bytes, named relative to
+    `root`."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update((path.relative_to(root) if root else Path(path.name)).as_posix().encode())
+        _feed(h, torch.load(path, map_location="cpu", weights_only=True) if path.suffix == ".pt" else path.read_bytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
 def assets() -> dict[str, str]:
-    """The sha256 of the tiny models in the cache (as recorded when they were built; those not built are left out)."""
-    found = {"tiny-clip": digest_path(tiny_checkpoint_path()), "tiny-vl-bart": tiny_lm_dir() / LM_DIGEST}
-    return {name: path.read_text().strip() for name, path in found.items() if path.exists()}
+    """A sha256 of each tiny model's contents in the cache (those not built are left out)."""
+    out = {}
+    clip = tiny_checkpoint_path()
+    if clip.exists():
+        out["tiny-clip"] = content_digest([clip])
+    lm = tiny_lm_dir()
+    if (lm / "visual.pt").exists():
+        out["tiny-vl-bart"] = content_digest([p for p in lm.rglob("*") if p.is_file() and not p.name.startswith(".")
+                                              and p.name not in (LM_DIGEST, "history.json")], lm)
+    return out
 
 
 def _asset_lines(recorded: dict[str, str]) -> list[str]:
@@ -49,8 +85,8 @@ def _asset_lines(recorded: dict[str, str]) -> list[str]:
     if not moved:
         return []
     return [f"the tiny models differ from those the record was written with ({'; '.join(moved)}): they were "
-            "pretrained on another machine or by changed code, and every number trained on them moves. If their "
-            "pretraining code did not change, write the records again where CI runs (`clipadapt golden --write`)"]
+            "pretrained on another machine or by changed code, and the numbers trained on them move with them. If "
+            "their pretraining code did not change, write the records again where CI runs (`clipadapt golden --write`)"]
 
 
 def record_of(result: Result) -> dict:
@@ -90,8 +126,7 @@ def differences(result: Result, root: Path | None = None) -> list[str]:
         return [f"no golden record at {path}: write it with `clipadapt golden --write`"]
     gold, new = json.loads(path.read_text()), record_of(result)
     tol = gold.get("tolerance", TOLERANCE)
-    out = _asset_lines(gold.get("assets", {}))
-    out += [f"metric {k!r} is new (not in the golden record)" for k in sorted(set(new["metrics"]) - set(gold["metrics"]))]
+    out = [f"metric {k!r} is new (not in the golden record)" for k in sorted(set(new["metrics"]) - set(gold["metrics"]))]
     out += [f"metric {k!r} is gone (in the golden record)" for k in sorted(set(gold["metrics"]) - set(new["metrics"]))]
     out += [f"metric {k!r}: {new['metrics'][k]:.4g}, golden {v:.4g} (moved {new['metrics'][k] - v:+.3g})"
             for k, v in gold["metrics"].items() if k in new["metrics"] and not _close(new["metrics"][k], v, tol, k)]
@@ -107,7 +142,7 @@ def differences(result: Result, root: Path | None = None) -> list[str]:
             out.append(f"claim {k!r}: per seed {[round(x, 3) for x in c['per_seed']]}, golden "
                        f"{[round(x, 3) for x in g['per_seed']]}")
     out += [f"claim {k!r} is new" for k in sorted(set(new["claims"]) - set(gold["claims"]))]
-    return out
+    return _asset_lines(gold.get("assets", {})) + out if out else []
 
 
 def main(argv: list[str] | None = None) -> int:
