@@ -51,3 +51,10 @@ def test_eval_mode_and_rate_zero_pass_the_input_through_and_the_swap_counts():
     assert [type(m).__name__ for m in model.modules() if isinstance(m, nn.Dropout)] == [
         "MaskFreeDropout", "Dropout", "MaskFreeDropout"]
     assert model[0].p == 0.1 and model[3][0].p == 0.2
+
+
+def test_a_device_whose_generator_it_cannot_restore_keeps_torch_dropout():
+    x = torch.randn(4, 6, device="meta", requires_grad=True)   # stands in for mps / xpu
+    assert "Redrawn" not in type(MaskFreeDropout(0.5)(x).grad_fn).__name__
+    y = torch.randn(4, 6, requires_grad=True)
+    assert "Redrawn" in type(MaskFreeDropout(0.5)(y).grad_fn).__name__

@@ -42,7 +42,9 @@ class MaskFreeDropout(nn.Dropout):
     """`nn.Dropout` (same rate, same draws) whose backward pass draws the mask again instead of keeping it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or not torch.is_grad_enabled() or not x.requires_grad:
+        # a generator whose state this can restore: the CPU's and CUDA's; elsewhere (mps, xpu) torch keeps the mask
+        if (not self.training or self.p == 0 or not torch.is_grad_enabled() or not x.requires_grad
+                or x.device.type not in ("cpu", "cuda")):
             return F.dropout(x, self.p, self.training, self.inplace)
         return _RedrawnDropout.apply(x, self.p)
 

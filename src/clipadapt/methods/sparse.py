@@ -4,7 +4,7 @@ A parametrization W -> W + scatter(delta) is the short way to write this, but au
 of every such Linear for the backward pass, a copy of the weights per step. This Function keeps only what the
 gradients need: the indices and the input columns the tuned weight entries read. The gradient of entry (i, j) is
 sum over tokens of g[:, i] x[:, j], so only the columns j that some tuned entry uses are kept (SPT's sensitive entries
-gather in few columns: on ViT-B/16 a sparse matrix uses 6 to 200 of its 768), where full fine-tuning keeps the whole
+gather in few columns), where full fine-tuning keeps the whole
 input. The backward pass rebuilds the summed matrix for the input gradient and forms g^T x over the kept columns only.
 Outputs and gradients equal the parametrization's (a test).
 """
