@@ -165,6 +165,16 @@ def chapter_result(name: str):
 
 
 @pytest.mark.slow
+def test_costs_page_memory_targets_on_the_paper_architectures(ci_chapters):
+    """On ViT-B/16 at batch 64 in fp32: SPT-LoRA's and SPT-Adapter's steps hold at most 0.8 of full fine-tuning's
+    memory, and with activation checkpointing every PEFT step with a full fine-tuning row at most 0.35 of it."""
+    t = chapter_result("costs").texts
+    assert t["pc_spt_mem_ratio"] <= 80 and t["pc_spt_adapter_mem_ratio"] <= 80
+    assert t["pc_spt_act_pct"] < 100 and t["pc_spt_adapter_act_pct"] < 100
+    assert t["pc_ckpt_max_share"] <= 35
+
+
+@pytest.mark.slow
 def test_batclip_claims_on_ci(ci_chapters):
     """The paper's qualitative claim on ci: bimodal TTA beats zero-shot clearly and is at least vision-only Tent.
 

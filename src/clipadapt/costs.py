@@ -315,4 +315,5 @@ def spt_setup(method: str = "spt-lora", budget: int = 800_000, tasks: int = 19, 
 def chapter_setups() -> list[StepSetup]:
     """Every chapter's paper step, with a full fine-tuning row where the chapter compares against it."""
     return [peclip_setup(), peclip_setup(full=True), vlpet_setup("vl-pet-large"), vlpet_setup("full"), embedding_setup(),
-            batclip_setup("cifar10-c"), batclip_setup("imagenet-c"), spt_setup("spt-lora"), spt_setup("full-finetune")]
+            batclip_setup("cifar10-c"), batclip_setup("imagenet-c"), spt_setup("spt-lora"), spt_setup("spt-adapter"),
+            spt_setup("full-finetune")]

@@ -55,12 +55,17 @@ def compute(s: Setup, r: core.Result) -> None:
     vl_full = table[(table.chapter == "VL-PET") & (table.method == "full fine-tuning")].iloc[0]
     spt_rows = table[table.chapter == "SPT"].set_index("method")
     spt, spt_full = spt_rows.iloc[0], spt_rows.loc["full fine-tuning"]
+    spt_adapter = spt_rows[spt_rows.index.str.startswith("spt-adapter")].iloc[0]
     r.text("pc_vlpet_share", 100 * vl["trainable"] / vl["total"])
     r.text("pc_vlpet_mem_ratio", 100 * vl["memory_gib"] / vl_full["memory_gib"])
     r.text("pc_spt_mem_ratio", 100 * spt["memory_gib"] / spt_full["memory_gib"])
     r.text("pc_spt_act", spt["activations_gib"])
     r.text("pc_spt_full_act", spt_full["activations_gib"])
     r.text("pc_spt_act_pct", 100 * spt["activations_gib"] / spt_full["activations_gib"])
+    r.text("pc_spt_adapter_mem_ratio", 100 * spt_adapter["memory_gib"] / spt_full["memory_gib"])
+    r.text("pc_spt_adapter_act_pct", 100 * spt_adapter["activations_gib"] / spt_full["activations_gib"])
+    _check(bool(max(spt["activations_gib"], spt_adapter["activations_gib"]) < spt_full["activations_gib"]),
+           "SPT-LoRA and SPT-Adapter keep fewer activations than full fine-tuning (the copies this code leaves out)")
     # activation checkpointing: each PEFT step with it against full fine-tuning of the same backbone without it
     full_mem = table[table["method"] == "full fine-tuning"].set_index("chapter")["memory_gib"]
     peft = training[(training["method"] != "full fine-tuning") & training["chapter"].isin(full_mem.index)]

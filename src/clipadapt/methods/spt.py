@@ -20,9 +20,12 @@ Choices of this implementation (the chapter states them too):
   `qkv` covers q, k and v together (LoRA cost in*r + r*3*out).
 - Structured LoRA uses peft (`inject_adapter_in_model`, `lora_alpha = r`, i.e. no extra scaling, as the official
   code; dropout 0.1, drawn again in the backward pass instead of keeping its mask: `methods.dropout`). The official
-  branch also has DropPath 0.1, which is left out here.
+  branch also has DropPath 0.1, which is left out here. On qkv, fc1 and fc2 the LoRA module keeps no copy of its
+  input: it computes it again in the backward pass from what the LayerNorm or GELU before it keeps
+  (`methods.recompute`).
 - The adapter (SPT-Adapter and the adapter baseline) is sequential on the Linear's output,
-  y + up(GELU(down(dropout(y)))), with a zero-initialised up-projection, as the official `*SPTSeq` blocks.
+  y + up(GELU(down(dropout(y)))), with a zero-initialised up-projection, as the official `*SPTSeq` blocks. It keeps
+  its output instead of its input (`methods.recompute.SeqAdapter`), which after fc1 the GELU keeps anyway.
 - Sparse deltas are `clipadapt.methods.sparse.SparseLinear` layers: only the delta at the chosen positions is a
   parameter, so weight decay and the optimizer state touch the chosen entries only, and an autograd Function computes
   the layer without keeping the summed matrix W + scatter(delta), and only the input columns the entries read, for
@@ -46,6 +49,7 @@ from torch import nn
 from ..finetune import batches, check_targets
 from .base import Method, option
 from .dropout import mask_free_dropout
+from .recompute import SeqAdapter, recompute_lora_inputs
 from .sparse import add_sparse
 from .registry import build_method, method_class, register
 
@@ -220,23 +224,6 @@ def _always_trained(model: nn.Module) -> int:
 
 # ---- 3. the modules
 
-class SeqAdapter(nn.Module):
-    """A Linear followed by a sequential bottleneck adapter on its output: y + up(GELU(down(dropout(y))))."""
-
-    def __init__(self, base: nn.Linear, rank: int = 8, dropout: float = 0.1):
-        super().__init__()
-        self.base = base
-        self.down = nn.Linear(base.out_features, rank)
-        self.up = nn.Linear(rank, base.out_features)
-        self.drop = nn.Dropout(dropout)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        return y + self.up(F.gelu(self.down(self.drop(y))))
-
-
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -251,6 +238,7 @@ def add_structured(model: nn.Module, modules: list[str], kind: str, rank: int = 
         before = {id(p) for p in model.parameters()}
         flags = {id(p): p.requires_grad for p in model.parameters()}
         inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, lora_dropout=dropout, target_modules=modules), model)
+        recompute_lora_inputs(model, modules)   # no copy of the input where a LayerNorm or GELU keeps its source
         new = [p for p in model.parameters() if id(p) not in before]
         for p in model.parameters():   # peft marks only its adapters trainable; keep the caller's other flags
             p.requires_grad_(flags.get(id(p), True))
