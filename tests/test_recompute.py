@@ -153,3 +153,13 @@ def test_add_structured_recomputes_where_a_producer_is_known():
     add_structured(model, ["blocks.0.mlp.fc2", "blocks.0.attn.proj"], "lora", rank=2)
     assert isinstance(model.get_submodule("blocks.0.mlp.fc2.lora_A.default"), RecomputedDown)
     assert type(model.get_submodule("blocks.0.attn.proj.lora_A.default")) is nn.Linear
+
+
+def test_fc2_keeps_its_input_when_something_between_the_gelu_and_it_changes_the_tensor():
+    model = _vit()
+    model.requires_grad_(False)
+    model.blocks[0].mlp.drop1 = nn.Dropout(0.1)   # the GELU's output is no longer fc2's input
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=TARGETS[:4]), model)
+    assert recompute_lora_inputs(model, TARGETS[:4]) == 3
+    assert type(model.get_submodule("blocks.0.mlp.fc2.lora_A.default")) is nn.Linear
+    assert isinstance(model.get_submodule("blocks.1.mlp.fc2.lora_A.default"), RecomputedDown)

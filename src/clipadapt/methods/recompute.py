@@ -55,7 +55,7 @@ class _LoRADownFn(torch.autograd.Function):
         ctx.state = rng_state(x.device) if p > 0 else None
         ctx.like = (x.shape, x.stride(), x.dtype)
         ctx.save_for_backward(source, weight)
-        return F.linear(F.dropout(x, p, True) if p > 0 else x, weight)
+        return F.linear(F.dropout(x, p, True), weight)   # p = 0: x itself
 
     @staticmethod
     def backward(ctx, g):
@@ -70,7 +70,7 @@ class _LoRADownFn(torch.autograd.Function):
                                    "the forward and the backward pass?")
             x, w = _leaf(x), _leaf(weight)
             with torch.enable_grad(), _replay(ctx.state, x.device):
-                y = F.linear(F.dropout(x, ctx.p, True) if ctx.p > 0 else x, w)
+                y = F.linear(F.dropout(x, ctx.p, True), w)
         gx, gw = torch.autograd.grad(y, (x, w), g)
         return gx, None, gw, None, None
 
@@ -123,6 +123,8 @@ def recompute_lora_input(layer: nn.Module, producer: nn.Module) -> int:
         if type(down) not in (nn.Linear, RecomputedDown) or down.bias is not None or variant:
             continue
         drop = layer.lora_dropout[name]
+        if not isinstance(drop, (nn.Dropout, nn.Identity)):
+            continue   # a dropout of another kind stays where it is, and so does the copy it makes
         down.__class__ = RecomputedDown
         down.drop_p = drop.p if isinstance(drop, nn.Dropout) else down.drop_p
         down.__dict__["_producer"] = producer   # not a submodule: no second entry in the state dict
@@ -155,7 +157,7 @@ class SeqAdapterFn(torch.autograd.Function):
     def forward(ctx, y, p, wd, bd, wu, bu):
         ctx.p, ctx.autocast = p, _autocast_state(y.device)
         ctx.state = rng_state(y.device) if p > 0 else None
-        u = F.linear(F.dropout(y, p, True) if p > 0 else y, wd, bd)
+        u = F.linear(F.dropout(y, p, True), wd, bd)
         out = y + F.linear(F.gelu(u), wu, bu)
         ctx.save_for_backward(out, u, wd, bd, wu, bu)
         return out
@@ -170,7 +172,7 @@ class SeqAdapterFn(torch.autograd.Function):
             leaves = [_leaf(t) for t in (y, wd, bd, wu, bu)]
             y_, wd_, bd_, wu_, bu_ = leaves
             with torch.enable_grad(), _replay(ctx.state, y.device):
-                u_ = F.linear(F.dropout(y_, ctx.p, True) if ctx.p > 0 else y_, wd_, bd_)
+                u_ = F.linear(F.dropout(y_, ctx.p, True), wd_, bd_)
                 out_ = y_ + F.linear(F.gelu(u_), wu_, bu_)
         grads = torch.autograd.grad(out_, [t for t in leaves if t is not None], g)
         it = iter(grads)
